@@ -1,0 +1,83 @@
+"""Fetching files from the Hugging Face Hub, with errors a user can act on.
+
+The one place in philora that talks to the hub; models and datasets both come
+through here. Files land in huggingface_hub's standard cache, and
+``HF_HUB_OFFLINE`` / ``HF_TOKEN`` are read when a call is made, not at import,
+so a test or a user can flip them at any time. Nothing fetched is executed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+
+class HubError(RuntimeError):
+    """A file could not be had from the hub; the message says what to do."""
+
+
+def hub_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` asks for the cache only."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def fetch_file(
+    repo_id: str,
+    filename: str,
+    *,
+    repo_type: str = "model",
+    revision: str | None = None,
+    required: bool = True,
+) -> Path | None:
+    """Return the local path of ``filename`` from hub repo ``repo_id``.
+
+    Downloads into the standard cache unless ``HF_HUB_OFFLINE`` is set, in which
+    case the cached copy must exist. With ``required=False`` a file the repo does
+    not have gives ``None`` instead of an error (used for optional files such as
+    ``generation_config.json`` or a shard index).
+    """
+    where = f"{repo_type} repo '{repo_id}'" + (f" at revision '{revision}'" if revision else "")
+    try:
+        path = hf_hub_download(
+            repo_id,
+            filename,
+            repo_type=repo_type,
+            revision=revision,
+            token=os.environ.get("HF_TOKEN") or None,
+            local_files_only=hub_offline(),
+        )
+    except GatedRepoError as err:
+        raise HubError(
+            f"{where} is gated: accept its terms on huggingface.co, then set HF_TOKEN to a token "
+            f"of that account (or run `hf auth login`)"
+        ) from err
+    except RepositoryNotFoundError as err:
+        hint = "set HF_TOKEN if it is private" if not os.environ.get("HF_TOKEN") else "check the name"
+        raise HubError(f"{where} was not found or is private: {hint}") from err
+    except RevisionNotFoundError as err:
+        raise HubError(f"{where}: no such revision; pass an existing branch, tag or commit") from err
+    except LocalEntryNotFoundError as err:
+        if not required:
+            return None
+        reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub could not be reached"
+        raise HubError(
+            f"'{filename}' from {where} is not in the local cache and {reason}: download it once "
+            f"with network access, or pass a local directory holding the files instead of a repo id"
+        ) from err
+    except EntryNotFoundError as err:
+        if not required:
+            return None
+        raise HubError(f"{where} has no file '{filename}'") from err
+    except HfHubHTTPError as err:
+        raise HubError(f"fetching '{filename}' from {where} failed: {err}") from err
+    return Path(path)
