@@ -1,0 +1,95 @@
+"""Next-token loss from hidden states, with the lm_head run only where a target exists, in chunks.
+
+Full-vocabulary logits for a whole batch (B*T*V floats: 8*1024*51200*4 bytes = 1.7 GB for phi-2)
+are never built. Only positions whose target is not -100 go through the head, ``chunk`` rows at a
+time; for a frozen plain ``nn.Linear`` head the gradient of each chunk is computed right away and
+its logits dropped, so the backward keeps one (N, D) tensor instead of any (N, V) one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+
+
+def count_targets(targets: torch.Tensor) -> int:
+    """Number of positions that contribute to the loss (targets != -100)."""
+    return int((targets != IGNORE_INDEX).sum())
+
+
+class _FrozenHeadCrossEntropy(torch.autograd.Function):
+    """Summed cross entropy of ``hidden @ weight.T + bias`` against ``targets``; weight/bias frozen.
+
+    The gradient w.r.t. ``hidden`` is (softmax - onehot) @ weight, computed chunk by chunk in the
+    forward pass, so no logits outlive their chunk.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk):  # hidden (N, D), targets (N,)
+        need_grad = ctx.needs_input_grad[0]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        for start in range(0, hidden.shape[0], chunk):
+            stop = start + chunk
+            logits = F.linear(hidden[start:stop], weight, bias).float()  # (n, V)
+            target = targets[start:stop]
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            if need_grad:
+                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place over the logits
+                probs[torch.arange(target.shape[0], device=target.device), target] -= 1.0
+                grad_hidden[start:stop] = probs.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad_hidden)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        (grad_hidden,) = ctx.saved_tensors
+        return grad_hidden * grad_total.to(grad_hidden.dtype), None, None, None, None
+
+
+def _head_is_frozen_linear(head: nn.Module) -> bool:
+    return type(head) is nn.Linear and not any(p.requires_grad for p in head.parameters())
+
+
+def _checkpointed_chunk_loss(head: nn.Module, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(hidden).float(), target, reduction="sum")
+
+
+def chunked_lm_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Sum (not mean) of next-token cross entropy over positions with ``targets != -100``.
+
+    ``hidden`` is (B, T, D) from ``model.hidden_states``; ``targets`` (B, T) is already shifted
+    (batch contract). Returns an fp32 scalar; divide by the number of target tokens of the whole
+    accumulation window. Under autocast the head runs in the autocast dtype and the softmax in fp32.
+    """
+    mask = targets != IGNORE_INDEX
+    picked = hidden[mask]  # (B, T, D) -> (N, D)
+    picked_targets = targets[mask]  # (N,)
+    if picked.shape[0] == 0:
+        return picked.sum().float()
+    if not _head_is_frozen_linear(head):
+        # A trainable or quantized head: recompute each chunk's logits in backward instead of keeping them.
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, picked.shape[0], chunk):
+            h, t = picked[start:start + chunk], picked_targets[start:start + chunk]
+            if torch.is_grad_enabled() and h.requires_grad:
+                total = total + checkpoint(_checkpointed_chunk_loss, head, h, t, use_reentrant=False)
+            else:
+                total = total + _checkpointed_chunk_loss(head, h, t)
+        return total
+    weight, bias = head.weight, head.bias
+    device_type = hidden.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        picked = picked.to(dtype)
+        weight = weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    elif picked.dtype != weight.dtype:
+        picked = picked.to(weight.dtype)
+    with torch.autocast(device_type, enabled=False):
+        return _FrozenHeadCrossEntropy.apply(picked, weight, bias, picked_targets, chunk)
