@@ -1,0 +1,28 @@
+"""lora_core: a loralib-compatible LoRA library for any PyTorch model.
+
+`import lora_core as lora` runs loralib programs unchanged; beyond loralib it adds exact
+merge/unmerge, unequal fused slices, injection by name, rsLoRA, DoRA, 4-bit bases and
+safetensors adapter files.
+"""
+name = "lora"  # loralib sets this too
+
+from .adapter_io import load_adapter, read_adapter, save_adapter
+from .atomic import atomic_write
+from .base import LoRALayer
+from .errors import BiasModeError, LoRAError
+from .inject import inject, make_matcher, virtual_slice_name
+from .layers import (Conv1d, Conv2d, Conv3d, ConvLoRA, Embedding, InjectedConv1d, InjectedConv2d,
+                     InjectedConv3d, Linear)
+from .merged import MergedLinear
+from .merging import disable_adapters, lora_layers, merge, merge_and_unload, unmerge
+from .utils import (lora_state_dict, mark_only_lora_as_trainable, parameter_count,
+                    print_trainable_parameters, trainable_parameters)
+
+__all__ = [
+    "LoRALayer", "Linear", "Embedding", "MergedLinear", "ConvLoRA", "Conv1d", "Conv2d", "Conv3d",
+    "InjectedConv1d", "InjectedConv2d", "InjectedConv3d",
+    "mark_only_lora_as_trainable", "lora_state_dict", "trainable_parameters", "print_trainable_parameters",
+    "parameter_count", "inject", "make_matcher", "virtual_slice_name", "merge", "unmerge", "disable_adapters",
+    "merge_and_unload", "lora_layers", "save_adapter", "load_adapter", "read_adapter", "atomic_write",
+    "LoRAError", "BiasModeError",
+]

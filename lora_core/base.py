@@ -1,0 +1,135 @@
+"""LoRALayer: the state and the exact merge/unmerge machinery shared by every LoRA layer."""
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import LoRAError
+
+
+def default_lora_dtype(weight_dtype: torch.dtype, lora_dtype: Optional[torch.dtype] = None) -> torch.dtype:
+    """The dtype for new LoRA parameters: `lora_dtype` if given, else the base weight's dtype
+    widened to at least fp32 (LoRA factors train in fp32 over bf16/fp16/4-bit bases)."""
+    if lora_dtype is not None:
+        if not lora_dtype.is_floating_point:
+            raise LoRAError(f"lora_dtype={lora_dtype} is not a floating-point dtype; use e.g. torch.float32")
+        return lora_dtype
+    if not weight_dtype.is_floating_point or torch.finfo(weight_dtype).bits < 32:
+        return torch.float32
+    return weight_dtype
+
+
+class LoRALayer:
+    """loralib's LoRA mixin (not an nn.Module itself): rank, alpha, dropout and merge state.
+
+    Differences from loralib: merging is exact (the pre-merge weight tensor is kept while
+    merged and put back by `unmerge`, so merge/unmerge cycles never drift in any dtype),
+    loading a state dict into a merged layer unmerges first, dropout is a real module, and
+    `scaling` may be alpha/sqrt(r) (rsLoRA). Subclasses provide `delta_weight()`.
+    """
+
+    def __init__(self, r: int, lora_alpha: float, lora_dropout: float, merge_weights: bool):
+        if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+            raise LoRAError(f"LoRA rank r={r!r} must be an int >= 0 (0 means no LoRA)")
+        if not 0.0 <= float(lora_dropout) < 1.0:
+            raise LoRAError(f"lora_dropout={lora_dropout!r} must be in [0, 1)")
+        self.r = r
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = nn.Dropout(p=lora_dropout) if lora_dropout > 0.0 else nn.Identity()
+        self.merged = False
+        self.merge_weights = merge_weights
+        self.use_rslora = False
+        self.use_dora = False
+        self.adapters_disabled = False
+        self._weight_before_merge = None
+        self.scaling = lora_alpha / r if r > 0 else 0.0
+
+    # ----- configuration -------------------------------------------------------------
+    def _set_scaling(self, use_rslora: bool) -> None:
+        self.use_rslora = bool(use_rslora)
+        if self.r > 0:
+            self.scaling = self.lora_alpha / (math.sqrt(self.r) if use_rslora else self.r)
+
+    def has_lora(self) -> bool:
+        """True when this layer carries LoRA parameters (r > 0 and, for fused layers, a slice enabled)."""
+        return self.r > 0 and hasattr(self, "lora_A")
+
+    def lora_active(self) -> bool:
+        """True when forward must add the low-rank path (LoRA present, not merged, not disabled)."""
+        return self.has_lora() and not self.merged and not self.adapters_disabled
+
+    # ----- merging -------------------------------------------------------------------
+    def _weight_owner(self) -> nn.Module:
+        """The module whose `weight` parameter merging changes."""
+        return self
+
+    def delta_weight(self) -> torch.Tensor:
+        """The scaled low-rank update in the base weight's layout, in the LoRA dtype."""
+        raise NotImplementedError
+
+    def merged_weight(self, base: torch.Tensor) -> torch.Tensor:
+        """base + delta, computed in the wider of the two dtypes, returned in base's dtype."""
+        delta = self.delta_weight()
+        wide = torch.promote_types(base.dtype, delta.dtype)
+        return (base.to(wide) + delta.to(wide)).to(base.dtype)
+
+    def merge(self) -> None:
+        """Fold the LoRA update into the base weight. Exact: `unmerge` restores the old tensor."""
+        if self.merged or self.adapters_disabled:
+            return
+        if self.has_lora():
+            weight = self._weight_owner().weight
+            with torch.no_grad():
+                merged = self.merged_weight(weight.data)
+            self._weight_before_merge = weight.data
+            weight.data = merged
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Undo `merge` bit-exactly by putting the pre-merge weight tensor back."""
+        if not self.merged:
+            return
+        if self._weight_before_merge is not None:
+            self._weight_owner().weight.data = self._weight_before_merge
+            self._weight_before_merge = None
+        self.merged = False
+
+    # ----- nn.Module hooks (LoRALayer comes first in the bases, so these win) --------
+    def train(self, mode: bool = True):
+        """loralib semantics: with merge_weights, eval() merges and train() unmerges (exactly)."""
+        super().train(mode)
+        if self.merge_weights:
+            if mode:
+                self.unmerge()
+            else:
+                self.merge()
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A merged weight is not the pretrained weight: restore it before new tensors land,
+        # so loading (e.g. a LoRA checkpoint in eval mode) can never corrupt the base.
+        if getattr(self, "merged", False):
+            self.unmerge()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to()/.half() while merged: convert the pristine weight, then merge again.
+        was_merged = getattr(self, "merged", False)
+        if was_merged:
+            self.unmerge()
+        result = super()._apply(fn, *args, **kwargs)
+        if was_merged:
+            self.merge()
+        return result
+
+    def extra_repr(self) -> str:
+        base = super().extra_repr()
+        if self.r == 0:
+            return base
+        extra = f"r={self.r}, lora_alpha={self.lora_alpha}, scaling={self.scaling:.4g}"
+        if self.use_rslora:
+            extra += ", rslora"
+        if self.use_dora:
+            extra += ", dora"
+        return f"{base}, {extra}" if base else extra

@@ -1,0 +1,148 @@
+"""MergedLinear: LoRA on chosen output slices of a fused projection (e.g. q/k/v in one matmul)."""
+import math
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import LoRALayer, default_lora_dtype
+from .errors import LoRAError
+
+
+def resolve_slices(out_features: int, enable_lora: Sequence[bool], slice_sizes: Optional[Sequence[int]]):
+    """Validate `enable_lora`/`slice_sizes` and return the slice sizes as a tuple.
+
+    slice_sizes=None is loralib's equal split, which needs len(enable_lora) to divide out_features.
+    """
+    enable_lora = list(enable_lora)
+    if not enable_lora:
+        raise LoRAError("enable_lora is empty; give one bool per output slice, e.g. [True, False, True]")
+    if slice_sizes is None:
+        if out_features % len(enable_lora) != 0:
+            raise LoRAError(f"len(enable_lora)={len(enable_lora)} does not divide out_features={out_features}; "
+                            f"pass slice_sizes=(...) for unequal slices")
+        return tuple([out_features // len(enable_lora)] * len(enable_lora))
+    sizes = tuple(slice_sizes)
+    if len(sizes) != len(enable_lora):
+        raise LoRAError(f"slice_sizes has {len(sizes)} entries but enable_lora has {len(enable_lora)}; "
+                        f"give one size per slice")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in sizes):
+        raise LoRAError(f"slice_sizes={sizes} must be positive ints")
+    if sum(sizes) != out_features:
+        raise LoRAError(f"slice_sizes={sizes} sum to {sum(sizes)}, not out_features={out_features}")
+    return sizes
+
+
+class MergedLinear(LoRALayer, nn.Linear):
+    """loralib's `lora.MergedLinear`: one fused nn.Linear whose enabled output slices each get
+    their own rank-r LoRA. Parameters keep loralib's names and shapes: lora_A (r*n_enabled, in),
+    lora_B (rows of the enabled slices, r), so loralib checkpoints load.
+
+    `slice_sizes=(3072, 1024, 1024)` gives unequal slices (grouped-query attention); the default
+    None is loralib's equal split. Forward runs the low-rank path per enabled slice and never
+    builds the full delta-W.
+    """
+
+    def __init__(self, in_features: int, out_features: int, r: int = 0, lora_alpha: int = 1,
+                 lora_dropout: float = 0.0, enable_lora: Sequence[bool] = (False,),
+                 fan_in_fan_out: bool = False, merge_weights: bool = True, *,
+                 slice_sizes: Optional[Sequence[int]] = None, use_rslora: bool = False,
+                 lora_dtype: Optional[torch.dtype] = None, **kwargs):
+        nn.Linear.__init__(self, in_features, out_features, **kwargs)
+        LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                           merge_weights=merge_weights)
+        self.fan_in_fan_out = fan_in_fan_out
+        self.configure_slices(enable_lora, slice_sizes)
+        if r > 0 and any(self.enable_lora):
+            self._create_lora_parameters(use_rslora, lora_dtype)
+        self.reset_parameters()
+        if fan_in_fan_out:
+            self.weight.data = self.weight.data.transpose(0, 1)
+
+    def configure_slices(self, enable_lora: Sequence[bool], slice_sizes: Optional[Sequence[int]]) -> None:
+        """Record which slices get LoRA: (out_start, size, row_in_lora_B) per enabled slice."""
+        self.slice_sizes = resolve_slices(self.out_features, enable_lora, slice_sizes)
+        self.enable_lora = [bool(e) for e in enable_lora]
+        spans, out_start, b_start = [], 0, 0
+        for size, enabled in zip(self.slice_sizes, self.enable_lora):
+            if enabled:
+                spans.append((out_start, size, b_start))
+                b_start += size
+            out_start += size
+        self._enabled_spans = tuple(spans)
+
+    def _create_lora_parameters(self, use_rslora: bool, lora_dtype) -> None:
+        kind = dict(dtype=default_lora_dtype(self.weight.dtype, lora_dtype), device=self.weight.device)
+        enabled_rows = sum(size for _, size, _ in self._enabled_spans)
+        self.lora_A = nn.Parameter(torch.zeros(self.r * len(self._enabled_spans), self.in_features, **kind))
+        self.lora_B = nn.Parameter(torch.zeros(enabled_rows, self.r, **kind))
+        self._set_scaling(use_rslora)
+        self.weight.requires_grad = False
+
+    def reset_parameters(self) -> None:
+        """Reset the base layer like nn.Linear, then the LoRA factors."""
+        nn.Linear.reset_parameters(self)
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self) -> None:
+        """A: Kaiming-uniform(a=sqrt(5)), B: zeros."""
+        if hasattr(self, "lora_A"):
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B)
+
+    @property
+    def lora_ind(self) -> torch.Tensor:
+        """Boolean mask (out_features,) of the rows that carry LoRA (loralib's attribute)."""
+        mask = torch.zeros(self.out_features, dtype=torch.bool, device=self.weight.device)
+        for out_start, size, _ in self._enabled_spans:
+            mask[out_start:out_start + size] = True
+        return mask
+
+    def slice_info(self) -> List[dict]:
+        """Per slice: name, output rows [start, start+size), enabled, and for enabled slices the
+        rows of lora_A and lora_B that hold its factors (for exporters that split per slice)."""
+        names = list(getattr(self, "lora_slices", None) or [f"slice{i}" for i in range(len(self.slice_sizes))])
+        info, out_start, group = [], 0, 0
+        b_rows = {start: b for start, _, b in self._enabled_spans}
+        for name, size, enabled in zip(names, self.slice_sizes, self.enable_lora):
+            entry = dict(name=name, start=out_start, size=size, enabled=enabled)
+            if enabled and self.r > 0:
+                entry["lora_A_rows"] = (group * self.r, (group + 1) * self.r)
+                entry["lora_B_rows"] = (b_rows[out_start], b_rows[out_start] + size)
+                group += 1
+            info.append(entry)
+            out_start += size
+        return info
+
+    def delta_weight(self) -> torch.Tensor:
+        """scaling * the block-sparse update (enabled slices' B_g @ A_g), in the weight's layout."""
+        delta = self.lora_A.new_zeros(self.out_features, self.in_features)
+        for group, (out_start, size, b_start) in enumerate(self._enabled_spans):
+            lora_A_g = self.lora_A[group * self.r:(group + 1) * self.r]
+            delta[out_start:out_start + size] = self.lora_B[b_start:b_start + size] @ lora_A_g
+        delta = delta * self.scaling
+        return delta.transpose(0, 1) if self.fan_in_fan_out else delta
+
+    def merge_AB(self) -> torch.Tensor:
+        """loralib's unscaled update B @ A zero-padded to the full weight (built only on request)."""
+        return self.delta_weight() / self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.transpose(0, 1) if self.fan_in_fan_out else self.weight
+        result = F.linear(x, weight, self.bias)
+        if not self.lora_active():
+            return result
+        return add_sliced_low_rank(self, x, result)
+
+
+def add_sliced_low_rank(layer, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """Add each enabled slice's scaling * x A_g^T B_g^T into its output rows of `result` in place."""
+    dtype = result.dtype
+    lora_A, lora_B = layer.lora_A.to(dtype), layer.lora_B.to(dtype)
+    after_A = F.linear(layer.lora_dropout(x.to(dtype)), lora_A) * layer.scaling  # (..., in) -> (..., r*n_enabled)
+    r = layer.r
+    for group, (out_start, size, b_start) in enumerate(layer._enabled_spans):
+        update = F.linear(after_A[..., group * r:(group + 1) * r], lora_B[b_start:b_start + size])
+        result.narrow(-1, out_start, size).add_(update)  # (..., r) -> (..., size) into its rows
+    return result
