@@ -1,0 +1,20 @@
+"""Datasets for Phi fine-tuning: sources, prompt formats, loss-masked tokenization, batching.
+
+    prepared = data.prepare("samples/roleplay", tokenizer, max_seq_len=512)
+    print(prepared.report)
+    batches = data.make_batches(prepared.train, batch_size=4, max_seq_len=512, pad_id=tokenizer.pad_token_id)
+"""
+
+from .batching import collate, make_batches, pack_rows
+from .conversation import Conversation, Message
+from .errors import DataError
+from .prepare import PreparedData, prepare
+from .report import DatasetReport
+from .sources import NAMED_SOURCES, SourceData, load_source
+from .tokenize import IGNORE_INDEX, Example, tokenize_segments
+
+__all__ = [
+    "prepare", "PreparedData", "make_batches", "collate", "pack_rows", "Example", "IGNORE_INDEX",
+    "tokenize_segments", "DatasetReport", "DataError", "Conversation", "Message", "load_source",
+    "SourceData", "NAMED_SOURCES",
+]

@@ -1,0 +1,119 @@
+"""Examples -> batches: packing with document boundaries or length grouping, seeded
+shuffling, and sharding across ranks.
+
+A batch is a dict of LongTensors, all (B, T): ``input_ids``, ``targets`` (shifted,
+-100 where nothing is learned), ``attention_mask``, ``position_ids`` (restarting at 0
+for each packed document) and ``document_ids`` (1, 2, ... per packed document; 0 for
+padding). Batches depend only on (examples, options, seed, epoch), so a run resumes at
+(epoch, batch index).
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from typing import Sequence
+
+import torch
+
+from .errors import DataError
+from .tokenize import IGNORE_INDEX, Example
+
+# Length grouping sorts within windows of this many batches, so batches stay random
+# across the epoch while each one holds examples of similar length.
+GROUP_WINDOW_BATCHES = 64
+
+
+def _rng(seed: int, epoch: int) -> random.Random:
+    # One independent, reproducible stream per (seed, epoch).
+    return random.Random(f"philora-data:{seed}:{epoch}")
+
+
+def pack_rows(lengths: Sequence[int], order: Sequence[int], capacity: int) -> list[list[int]]:
+    """Best-fit packing: put each example (in ``order``) into the open row with the least
+    room that still fits it. Returns rows as lists of example indices, in creation order."""
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # sorted (room left, row index)
+    for index in order:
+        length = lengths[index]
+        slot = bisect.bisect_left(free, (length, -1))
+        if slot < len(free):
+            room, row = free.pop(slot)
+            rows[row].append(index)
+            room -= length
+        else:
+            row, room = len(rows), capacity - length
+            rows.append([index])
+        if room > 0:
+            bisect.insort(free, (room, row))
+    return rows
+
+
+def _group_by_length(lengths: Sequence[int], order: list[int], batch_size: int) -> list[list[int]]:
+    window = batch_size * GROUP_WINDOW_BATCHES
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return batches
+
+
+def collate(rows: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Lay out rows of examples (one or more per row) as a right-padded batch."""
+    width = max(sum(len(e) for e in row) for row in rows)
+    input_ids, targets, attention, positions, documents = [], [], [], [], []
+    for row in rows:
+        ids, tgt, pos, doc = [], [], [], []
+        for number, example in enumerate(row, start=1):
+            ids += example.input_ids
+            tgt += example.targets
+            pos += range(len(example))
+            doc += [number] * len(example)
+        pad = width - len(ids)
+        input_ids.append(ids + [pad_id] * pad)
+        targets.append(tgt + [IGNORE_INDEX] * pad)
+        attention.append([1] * len(ids) + [0] * pad)
+        positions.append(pos + [0] * pad)
+        documents.append(doc + [0] * pad)
+    as_tensor = lambda rows_: torch.tensor(rows_, dtype=torch.long)  # noqa: E731
+    return {"input_ids": as_tensor(input_ids), "targets": as_tensor(targets),
+            "attention_mask": as_tensor(attention), "position_ids": as_tensor(positions),
+            "document_ids": as_tensor(documents)}
+
+
+def make_batches(examples: Sequence[Example], *, batch_size: int, max_seq_len: int, pad_id: int,
+                 packing: bool = True, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+                 rank: int = 0, world_size: int = 1) -> list[dict[str, torch.Tensor]]:
+    """Build this rank's batches for one epoch.
+
+    With ``packing`` several examples share a row of at most ``max_seq_len`` tokens;
+    otherwise each row is one example and batches group similar lengths. Rank ``r`` gets
+    global batches ``r, r + world_size, ...``, so the ranks together see every example
+    exactly once (their batch counts differ by at most one).
+    """
+    if batch_size < 1 or max_seq_len < 1:
+        raise DataError(f"batch_size ({batch_size}) and max_seq_len ({max_seq_len}) must be at least 1")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} is not within world_size {world_size}; use 0 <= rank < world_size")
+    lengths = [len(e) for e in examples]
+    for index, length in enumerate(lengths):
+        if length > max_seq_len:
+            raise DataError(f"example {index} has {length} tokens, more than max_seq_len={max_seq_len}; "
+                            f"prepare the data with the same max_seq_len")
+        if length == 0:
+            raise DataError(f"example {index} is empty; prepare the data with data.prepare")
+    rng = _rng(seed, epoch)
+    order = list(range(len(examples)))
+    if shuffle:
+        rng.shuffle(order)
+    if packing:
+        rows = pack_rows(lengths, order, max_seq_len)
+        if shuffle:
+            rng.shuffle(rows)  # best-fit fills early rows first; spread them over the epoch
+        groups = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+    else:
+        groups = [[[i] for i in batch] for batch in _group_by_length(lengths, order, batch_size)]
+        if shuffle:
+            rng.shuffle(groups)
+    mine = groups[rank::world_size]
+    return [collate([[examples[i] for i in row] for row in group], pad_id) for group in mine]
