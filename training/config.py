@@ -107,7 +107,6 @@ DEMO_DEFAULTS: dict[str, Any] = {
     "max_seq_len": 256,
     "batch_size": 8,
     "max_steps": 60,
-    "epochs": 100.0,
     "lr": 3e-3,
     "warmup": 5,
     "eval_every": 20,

@@ -1,0 +1,272 @@
+"""One training run end to end: config -> data -> model + LoRA -> fit -> adapter, summary, sample.
+
+``train.py`` calls :func:`main`; tests call it in-process with an argv list.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from training.checkpoint import (
+    ADAPTER_FILE,
+    CHECKPOINT_DIR,
+    TrainingState,
+    list_checkpoints,
+    load_training_state,
+    resolve_resume,
+    state_from_payload,
+)
+from training.config import TrainConfig, dump_config, parse_config
+from training.errors import TrainingError
+from training.loop import LoopSettings, fit
+from training.optim import build_optimizer
+from training.precision import Precision, base_dtype, resolve_device, resolve_precision
+from training.progress import METRICS_FILE, MetricsLog, ProgressBar, format_duration, peak_memory_mb
+from training.rng import seed_everything, set_rng_state
+from training.schedule import LRSchedule, warmup_steps_for
+
+CONFIG_FILE = "train_config.yaml"
+FINAL_ADAPTER = "adapter.safetensors"
+RUN_FILES = (CONFIG_FILE, METRICS_FILE, FINAL_ADAPTER)
+
+# Default LoRA targets per model family: every attention and MLP projection (the tutorials' recipe).
+DEFAULT_TARGETS = {
+    "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+}
+
+
+def say(text: str) -> None:
+    """A line of run output on stdout."""
+    print(text, flush=True)
+
+
+def default_output_dir(cfg: TrainConfig) -> str:
+    """``runs/<model>-<data>`` from the last path component of each name."""
+    def short(name: str) -> str:
+        return Path(name.rstrip("/")).name.replace(".", "_") or "run"
+    return str(Path("runs") / f"{short(cfg.model)}-{short(Path(cfg.data).stem)}")
+
+
+def prepare_output_dir(cfg: TrainConfig) -> Path:
+    """Create the run directory; refuse one that holds another run unless --resume or --overwrite."""
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise TrainingError(f"--output-dir {out}: exists and is not a directory")
+    holds_run = out.is_dir() and (any((out / f).exists() for f in RUN_FILES) or (out / CHECKPOINT_DIR).exists())
+    if holds_run and not cfg.resume:
+        if not cfg.overwrite:
+            raise TrainingError(f"--output-dir {out} already holds a run: pass --resume latest to continue it, "
+                                f"--overwrite to start afresh there, or another --output-dir")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def resolve_targets(cfg: TrainConfig, model: torch.nn.Module) -> list[str]:
+    """--targets as a list, or the model family's default set."""
+    if cfg.targets:
+        names = [t.strip() for t in cfg.targets.split(",") if t.strip()]
+        if not names:
+            raise TrainingError(f"--targets {cfg.targets!r}: give comma-separated module names, e.g. q_proj,v_proj")
+        return names
+    family = getattr(model.config, "model_type", "phi")
+    if family not in DEFAULT_TARGETS:
+        raise TrainingError(f"no default LoRA targets for model type {family!r}: pass --targets")
+    return list(DEFAULT_TARGETS[family])
+
+
+def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Precision):
+    """Tokenizer, prepared dataset and the (possibly 4-bit) base model."""
+    import data
+    import phi_models
+
+    tokenizer = phi_models.load_tokenizer(cfg.tokenizer or cfg.model)
+    prepared = data.prepare(cfg.data, tokenizer, template=cfg.template, max_seq_len=cfg.max_seq_len,
+                            train_on_prompt=cfg.train_on_prompt, val_fraction=cfg.val_fraction,
+                            seed=cfg.seed, limit=cfg.limit)
+    if not prepared.train:
+        raise TrainingError(f"--data {cfg.data}: no training examples after preparation; check the source and --limit")
+    quantize = None if cfg.quantize == "none" else cfg.quantize
+    dtype = base_dtype(cfg.dtype, precision, quantized=quantize is not None)
+    model = phi_models.from_pretrained(cfg.model, dtype=dtype, device=device, quantize=quantize)
+    return tokenizer, prepared, model
+
+
+def add_lora(cfg: TrainConfig, model: torch.nn.Module) -> tuple[list[str], dict]:
+    """Inject LoRA into the targets, freeze everything else, keep LoRA weights in fp32."""
+    import lora_core
+
+    targets = resolve_targets(cfg, model)
+    lora_core.inject(model, targets=targets, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+    lora_core.mark_only_lora_as_trainable(model)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()  # fp32 master weights whatever the base dtype
+    adapter_config = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
+                      "targets": targets, "base_model": cfg.model}
+    return targets, adapter_config
+
+
+def plan_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of the run: --max-steps, else --epochs worth of accumulation windows."""
+    if cfg.max_steps is not None:
+        return cfg.max_steps
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    return max(1, math.ceil(cfg.epochs * steps_per_epoch))
+
+
+def run(cfg: TrainConfig) -> int:
+    """Train as ``cfg`` says; returns the process exit code (0, or 130/143 after SIGINT/SIGTERM)."""
+    import data
+    import lora_core
+
+    device = resolve_device(cfg.device)
+    precision = Precision(resolve_precision(cfg.precision, device), device)
+    if cfg.output_dir is None:
+        cfg.output_dir = default_output_dir(cfg)
+    out = prepare_output_dir(cfg)
+    resume_from = resolve_resume(cfg.resume, out) if cfg.resume else None
+
+    seed_everything(cfg.seed)
+    tokenizer, prepared, model = load_model_and_data(cfg, device, precision)
+    say(str(prepared.report))
+    targets, adapter_config = add_lora(cfg, model)
+    if cfg.gradient_checkpointing:
+        model.set_gradient_checkpointing(True)
+    say(str(lora_core.trainable_report(model)))
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def epoch_batches(epoch: int) -> list[dict]:
+        return data.make_batches(prepared.train, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
+                                 pad_id=pad_id, packing=cfg.packing, shuffle=True, seed=cfg.seed, epoch=epoch)
+
+    val_batches = data.make_batches(prepared.val, batch_size=cfg.eval_batch_size, max_seq_len=cfg.max_seq_len,
+                                    pad_id=pad_id, packing=cfg.packing, shuffle=False, seed=cfg.seed, epoch=0)
+    first_epoch = epoch_batches(0)
+    total_steps = plan_steps(cfg, len(first_epoch))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(params, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    schedule = LRSchedule(optimizer, kind=cfg.schedule, peak_lr=cfg.lr, total_steps=total_steps,
+                          warmup_steps=warmup_steps_for(cfg.warmup, total_steps), min_lr_ratio=cfg.min_lr_ratio)
+    scaler = precision.make_scaler()
+    state = TrainingState()
+    if resume_from is not None:
+        payload = load_training_state(resume_from)
+        lora_core.load_adapter(model, resume_from / ADAPTER_FILE)
+        optimizer.load_state_dict(payload["optimizer"])
+        schedule.load_state_dict(payload["schedule"])
+        if scaler is not None and payload["scaler"] is not None:
+            scaler.load_state_dict(payload["scaler"])
+        set_rng_state(payload["rng"])
+        state = state_from_payload(payload)
+        total_steps = max(total_steps, state.step) if cfg.max_steps is None else cfg.max_steps
+        say(f"resuming from {resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_index})")
+
+    from lora_core import atomic_write
+    resolved = dump_config(cfg, extra={"precision": precision.name, "device": str(device), "targets": ",".join(targets),
+                                       "total_steps": total_steps})
+    atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(resolved, encoding="utf-8"))
+
+    settings = LoopSettings(total_steps=total_steps, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm,
+                            loss_chunk=cfg.loss_chunk, log_every=cfg.log_every, eval_every=cfg.eval_every,
+                            eval_batches=cfg.eval_batches, save_every=cfg.save_every, keep_last=cfg.keep_last,
+                            max_time_s=cfg.max_time * 60 if cfg.max_time else None, adapter_config=adapter_config)
+    metrics = MetricsLog(out, resume_step=state.step if resume_from is not None else None)
+    progress = ProgressBar(total_steps, start_step=state.step)
+    say(f"training {total_steps} steps on {device} in {precision.name}"
+        f"{' with a 4-bit ' + cfg.quantize + ' base' if cfg.quantize != 'none' else ''}: "
+        f"{len(first_epoch)} batches/epoch, batch {cfg.batch_size} x accum {cfg.grad_accum}, lr {cfg.lr:g} ({cfg.schedule})")
+    existing = list_checkpoints(out)
+    try:
+        result = fit(model, epoch_batches=lambda e: first_epoch if e == 0 else epoch_batches(e), val_batches=val_batches,
+                     optimizer=optimizer, schedule=schedule, scaler=scaler, precision=precision, settings=settings,
+                     state=state, output_dir=str(out), metrics=metrics, progress=progress,
+                     last_checkpoint=str(existing[-1]) if existing else None)
+    finally:
+        metrics.close()
+
+    if result.stopped_by in ("SIGINT", "SIGTERM"):
+        say(f"{result.stopped_by} received: checkpoint saved to {result.last_checkpoint} at step {state.step}; "
+            f"continue with --resume latest --output-dir {out}")
+        return 130 if result.stopped_by == "SIGINT" else 143
+
+    adapter_path = out / FINAL_ADAPTER
+    lora_core.save_adapter(model, adapter_path, config=adapter_config)
+    tok_rate = result.input_tokens / max(result.train_seconds, 1e-9)
+    best = f"{state.best_eval_loss:.4f}" if state.best_eval_loss is not None else "n/a"
+    final = result.last_eval
+    say("-" * 60)
+    if result.stopped_by == "time":
+        say(f"stopped by --max-time after step {state.step}; continue with --resume latest")
+    say(f"done: {state.step} steps in {format_duration(result.train_seconds)} ({result.train_seconds:.1f} s this session), "
+        f"{result.input_tokens:,} tokens, {tok_rate:,.0f} tok/s, peak memory {peak_memory_mb(device):,.0f} MiB")
+    if final is not None:
+        say(f"final eval loss {final['loss']:.4f}, perplexity {final['ppl']:.2f}; best eval loss {best}")
+    say(f"adapter: {adapter_path}  (checkpoint: {result.last_checkpoint})")
+    if cfg.sample_tokens:
+        print_sample(cfg, model, tokenizer, prepared, precision)
+    return 0
+
+
+def sample_prompt_for(cfg: TrainConfig, tokenizer, prepared) -> list[int]:
+    """Token ids of the sample prompt: --sample-prompt, else the prompt part of the first validation example."""
+    if cfg.sample_prompt:
+        return tokenizer.encode(cfg.sample_prompt)
+    example = (prepared.val or prepared.train)[0]
+    prompt = []
+    for token, target in zip(example.input_ids, example.targets):
+        prompt.append(token)
+        if target != -100:  # the first supervised prediction starts right after this token
+            break
+    return prompt
+
+
+def print_sample(cfg: TrainConfig, model, tokenizer, prepared, precision: Precision) -> None:
+    """Generate a short greedy continuation and print it."""
+    import phi_models
+
+    prompt_ids = sample_prompt_for(cfg, tokenizer, prepared)
+    model.eval()
+    with torch.no_grad(), precision.autocast():
+        out_ids = phi_models.generate(model, torch.tensor([prompt_ids], device=precision.device),
+                                      max_new_tokens=cfg.sample_tokens, stop_token_ids=tokenizer.stop_token_ids)
+    new_ids = out_ids[0, len(prompt_ids):].tolist()
+    say("sample prompt: " + tokenizer.decode(prompt_ids, skip_special_tokens=False)[-300:].replace("\n", "\\n"))
+    say("sample reply : " + tokenizer.decode(new_ids, skip_special_tokens=True).replace("\n", "\\n"))
+
+
+def known_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that carry a user-facing one-line message (the packages' own error classes)."""
+    found: list[type[BaseException]] = [TrainingError]
+    for module, name in (("lora_core", "LoRAError"), ("phi_models", "PhiModelError"), ("data", "DataError"),
+                         ("phi_models.hub", "HubError")):
+        try:
+            found.append(getattr(__import__(module, fromlist=[name]), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: parse ``argv`` (default ``sys.argv[1:]``), run, and return the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    errors = known_errors()
+    try:
+        cfg = parse_config(argv)
+        return run(cfg)
+    except errors as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
