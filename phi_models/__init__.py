@@ -1,0 +1,30 @@
+"""Hand-written Phi models (phi-1.5/2, Phi-3, 3.5, 4-mini) with exact checkpoint loading, 4-bit bases,
+tokenizer, chat formats and generation. See docs/design.md for the contracts."""
+
+from .cache import KVCache
+from .chat_format import CHAT_FORMATS, Segment, render_chat, render_chat_text
+from .config import PhiConfig
+from .errors import PhiModelError
+from .hub import HubError, fetch_file
+from .loading import from_pretrained
+from .model import PhiForCausalLM
+from .presets import PRESETS, preset_names
+from .tokenizer import PhiTokenizer, load_tokenizer
+
+__all__ = [
+    "CHAT_FORMATS",
+    "HubError",
+    "KVCache",
+    "PRESETS",
+    "PhiConfig",
+    "PhiForCausalLM",
+    "PhiModelError",
+    "PhiTokenizer",
+    "Segment",
+    "fetch_file",
+    "from_pretrained",
+    "load_tokenizer",
+    "preset_names",
+    "render_chat",
+    "render_chat_text",
+]

@@ -1,0 +1,212 @@
+"""from_pretrained: build the model empty (meta device), then fill it shard by shard.
+
+Each tensor is read from its safetensors shard, checked against the shape the
+config implies, cast, and placed; fused q/k/v pieces wait in a small buffer until
+all three have arrived (their shard placement is never assumed). Under 4-bit each
+layer linear is quantized the moment its weight is complete, so peak memory stays
+near the final model size.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from .config import PhiConfig
+from .errors import PhiModelError
+from .keymap import QKV_SLOTS, map_key
+from .model import PhiForCausalLM
+from .presets import TINY_SEED, tiny_config
+from .quantize import (
+    check_quant_type,
+    empty_linear4bit,
+    quantizable_linears,
+    quantize_model,
+    replace_module,
+    set_quantized_weight,
+)
+from .source import ModelSource, resolve_source
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}  # fmt: skip
+
+
+def parse_dtype(dtype: str | torch.dtype | None, default: torch.dtype | None = None) -> torch.dtype | None:
+    """A torch dtype from a dtype, a name like 'bf16', or None/'auto' (-> ``default``)."""
+    if dtype is None or dtype == "auto":
+        return default
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise PhiModelError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
+        return dtype
+    if dtype not in _DTYPES:
+        raise PhiModelError(f"unknown dtype '{dtype}'; use one of {sorted(_DTYPES)} or 'auto'")
+    return _DTYPES[dtype]
+
+
+def from_pretrained(
+    name_or_path: str | Path,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    quantize: str | None = None,
+    double_quant: bool = True,
+    compute_dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+    sliding_window_mode: str | None = None,
+) -> PhiForCausalLM:
+    """Load a Phi model from a preset name, a hub repo id or a local directory (returned in eval mode).
+
+    ``dtype`` None/'auto' keeps the checkpoint's stored dtype (float32 for ``tiny``).
+    ``quantize`` 'nf4'/'fp4' stores the layer linears in 4 bits (bitsandbytes) with
+    ``compute_dtype`` (default: ``dtype``) for their matmuls. ``sliding_window_mode``
+    overrides the config's 'w+1' (default) / 'w' window definition.
+    """
+    check_quant_type(quantize)
+    device = torch.device(device)
+    source = resolve_source(name_or_path, revision)
+    if source.kind == "tiny":
+        config = tiny_config()
+    else:
+        config = PhiConfig.from_file(source.file("config.json"))
+    if sliding_window_mode is not None:
+        config.sliding_window_mode = sliding_window_mode
+        config.__post_init__()
+    target_dtype = parse_dtype(dtype, parse_dtype(config.torch_dtype, torch.float32))
+    matmul_dtype = parse_dtype(compute_dtype, target_dtype)
+
+    if source.kind == "tiny":
+        model = PhiForCausalLM(config)
+        model.init_weights(TINY_SEED)
+        model.to(device=device, dtype=target_dtype)
+        if quantize:
+            quantize_model(model, quantize, double_quant, matmul_dtype)
+        return model.eval()
+
+    with torch.device("meta"):
+        model = PhiForCausalLM(config)
+    if quantize:
+        for name in quantizable_linears(model):
+            replace_module(
+                model, name, empty_linear4bit(model.get_submodule(name), quantize, double_quant, matmul_dtype)
+            )
+    _fill(model, config, source, target_dtype, device)
+    return model.eval()
+
+
+def checkpoint_shards(source: ModelSource) -> list[Path]:
+    """The safetensors files of a checkpoint, through the shard index when there is one."""
+    index = source.file("model.safetensors.index.json", required=False)
+    if index is None:
+        single = source.file("model.safetensors", required=False)
+        if single is None:
+            raise PhiModelError(
+                f"{source.name}: no model.safetensors or model.safetensors.index.json found "
+                f"(phi_models reads safetensors checkpoints only)"
+            )
+        return [single]
+    try:
+        weight_map = json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise PhiModelError(f"{index}: not a valid shard index ({err})") from None
+    shards = []
+    for filename in dict.fromkeys(weight_map.values()):
+        path = source.file(filename, required=False)
+        if path is None:
+            raise PhiModelError(
+                f"{source.name}: shard '{filename}' listed in model.safetensors.index.json is missing"
+            )
+        shards.append(path)
+    return shards
+
+
+class _Filler:
+    """Places arriving tensors into a meta-device model."""
+
+    def __init__(self, model: PhiForCausalLM, config: PhiConfig, dtype: torch.dtype, device: torch.device):
+        self.model = model
+        self.config = config
+        self.dtype = dtype
+        self.device = device
+        self.expected = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
+        quant = {name for name, m in model.named_modules() if type(m).__name__ == "Linear4bit"}
+        self.quantized_weights = {f"{name}.weight" for name in quant}
+        for name in self.quantized_weights:  # Params4bit on meta has the dense shape
+            self.expected[name] = (model.get_submodule(name[:-7]).out_features, model.get_submodule(name[:-7]).in_features)
+        self.tied = config.tie_word_embeddings
+        self.loaded: set[str] = set()
+        self.pending: dict[str, dict[str, torch.Tensor]] = {}
+
+    def slot_shape(self, name: str, slot: str) -> tuple[int, ...]:
+        rows = self.config.qkv_slices[slot]
+        full = self.expected[name]
+        return (rows, *full[1:])
+
+    def add(self, key: str, tensor: torch.Tensor, shard: Path) -> None:
+        target = map_key(key, self.config)
+        if target is None:
+            return
+        name = target.name
+        if self.tied and name == "lm_head.weight":
+            return  # tied: the head is the embedding, whatever the file holds
+        if name not in self.expected:
+            raise PhiModelError(
+                f"{shard}: unexpected tensor '{key}': not part of a {self.config.model_type} model with "
+                f"{self.config.num_hidden_layers} layers as config.json describes"
+            )
+        want = self.slot_shape(name, target.slot) if target.slot else self.expected[name]
+        if tuple(tensor.shape) != want:
+            raise PhiModelError(
+                f"{shard}: tensor '{key}' has shape {list(tensor.shape)} but config.json implies {list(want)}"
+            )
+        if target.slot is None:
+            self.place(name, tensor)
+            return
+        pieces = self.pending.setdefault(name, {})
+        pieces[target.slot] = tensor
+        if len(pieces) == len(QKV_SLOTS):
+            del self.pending[name]
+            self.place(name, torch.cat([pieces[s] for s in QKV_SLOTS], dim=0))  # [Q | K | V] rows
+
+    def place(self, name: str, tensor: torch.Tensor) -> None:
+        module_name, _, attr = name.rpartition(".")
+        module = self.model.get_submodule(module_name)
+        if name in self.quantized_weights:
+            set_quantized_weight(module, tensor.to(self.dtype), self.device)
+        else:
+            value = tensor.to(device=self.device, dtype=self.dtype)
+            module._parameters[attr] = nn.Parameter(value, requires_grad=True)
+        self.loaded.add(name)
+
+    def finish(self, source_name: str) -> None:
+        if "lm_head.weight" not in self.loaded:
+            # No stored head (Phi-4-mini) or tie_word_embeddings: the head is the embedding.
+            self.model.lm_head.weight = self.model.model.embed_tokens.weight
+            self.loaded.add("lm_head.weight")
+        missing = [n for n in self.expected if n not in self.loaded]
+        if self.pending:
+            missing += [f"{n} ({'/'.join(s for s in QKV_SLOTS if s not in p)} part)" for n, p in self.pending.items()]
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" ... ({len(missing)} in all)" if len(missing) > 5 else "")
+            raise PhiModelError(f"{source_name}: checkpoint is missing tensors: {shown}")
+
+
+@torch.no_grad()
+def _fill(model: PhiForCausalLM, config: PhiConfig, source: ModelSource, dtype: torch.dtype, device: torch.device) -> None:
+    filler = _Filler(model, config, dtype, device)
+    for shard in checkpoint_shards(source):
+        try:
+            handle = safe_open(str(shard), framework="pt", device="cpu")
+        except Exception as err:
+            raise PhiModelError(f"{shard}: not a readable safetensors file ({err})") from None
+        with handle as f:
+            for key in f.keys():
+                filler.add(key, f.get_tensor(key), shard)
+    filler.finish(source.name)
