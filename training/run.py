@@ -144,7 +144,7 @@ def run(cfg: TrainConfig) -> int:
     targets, adapter_config = add_lora(cfg, model)
     if cfg.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
-    say(str(lora_core.trainable_report(model)))
+    lora_core.print_trainable_parameters(model)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
@@ -165,14 +165,13 @@ def run(cfg: TrainConfig) -> int:
     state = TrainingState()
     if resume_from is not None:
         payload = load_training_state(resume_from)
-        lora_core.load_adapter(model, resume_from / ADAPTER_FILE)
+        lora_core.load_adapter(model, resume_from / ADAPTER_FILE, strict=True)  # same targets/rank, or fail loudly
         optimizer.load_state_dict(payload["optimizer"])
         schedule.load_state_dict(payload["schedule"])
         if scaler is not None and payload["scaler"] is not None:
             scaler.load_state_dict(payload["scaler"])
         set_rng_state(payload["rng"])
         state = state_from_payload(payload)
-        total_steps = max(total_steps, state.step) if cfg.max_steps is None else cfg.max_steps
         say(f"resuming from {resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_index})")
 
     from lora_core import atomic_write
