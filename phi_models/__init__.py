@@ -5,6 +5,7 @@ from .cache import KVCache
 from .chat_format import CHAT_FORMATS, Segment, render_chat, render_chat_text
 from .config import PhiConfig
 from .errors import PhiModelError
+from .generation import generate
 from .hub import HubError, fetch_file
 from .loading import from_pretrained
 from .model import PhiForCausalLM
@@ -23,6 +24,7 @@ __all__ = [
     "Segment",
     "fetch_file",
     "from_pretrained",
+    "generate",
     "load_tokenizer",
     "preset_names",
     "render_chat",
