@@ -142,6 +142,7 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
             raise LoRAError(f"{name}: use_dora=True supports dense nn.Linear layers only, "
                             f"not {type(module).__name__}; exclude it or turn DoRA off")
 
+    _disable_fused_fast_paths(model, [name for name, _, _ in plan])
     options = dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
     adapted = []
     for name, module, chosen in plan:
@@ -154,6 +155,21 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
         mark_only_lora_as_trainable(model)
     _record_config(model, targets, exclude, options, use_rslora, use_dora, adapted)
     return adapted
+
+
+def _keep_module_forward(module, args):
+    return None
+
+
+def _disable_fused_fast_paths(model: nn.Module, names: List[str]) -> None:
+    # nn.TransformerEncoderLayer's inference fast path reads linear1/linear2 weights directly
+    # and would skip LoRA; torch takes the ordinary path whenever a submodule has a hook.
+    modules = dict(model.named_modules())
+    for name in names:
+        parts = name.split(".")
+        ancestors = [modules[".".join(parts[:i])] for i in range(len(parts))]
+        if any(isinstance(a, nn.TransformerEncoderLayer) for a in ancestors):
+            modules[name].register_forward_pre_hook(_keep_module_forward)
 
 
 def _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype, fan_in_fan_out) -> None:
