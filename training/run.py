@@ -100,7 +100,21 @@ def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Preci
     quantize = None if cfg.quantize == "none" else cfg.quantize
     dtype = base_dtype(cfg.dtype, precision, quantized=quantize is not None)
     model = phi_models.from_pretrained(cfg.model, dtype=dtype, device=device, quantize=quantize)
+    if quantize is not None:
+        keep_4bit_weights_trainable(model)
     return tokenizer, prepared, model
+
+
+def keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights into its CPU inference layout.
+
+    On CPUs with AVX512-BF16, a Linear4bit evaluated in eval mode without grad converts its weight
+    to an inference-only packing; the next training forward then takes a path with no backward
+    and fails. Evaluation in the middle of training must not do that.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def add_lora(cfg: TrainConfig, model: torch.nn.Module) -> tuple[list[str], dict]:
