@@ -10,7 +10,7 @@ from .errors import DataError
 from .report import DatasetReport
 from .sources import load_source
 from .templates import check_template, default_template, render
-from .tokenize import Example, tokenize_segments
+from .tokenize import Example, tokenize_many
 
 
 @dataclass
@@ -37,13 +37,16 @@ def _split(conversations: list[Conversation], val_fraction: float, seed: int):
 
 
 def _tokenize_all(conversations, tokenizer, template, max_seq_len, train_on_prompt, report) -> list[Example]:
-    examples = []
+    wanted = []
     for conversation in conversations:
-        if not conversation.has_target:
+        if conversation.has_target:
+            wanted.append(conversation)
+        else:
             report.skipped["no assistant turn"] += 1
-            continue
-        result = tokenize_segments(render(conversation, template), tokenizer,
-                                   max_seq_len=max_seq_len, train_on_prompt=train_on_prompt)
+    results = tokenize_many([render(c, template) for c in wanted], tokenizer,
+                            max_seq_len=max_seq_len, train_on_prompt=train_on_prompt)
+    examples = []
+    for result in results:
         report.truncated += result.truncated
         if result.example is None:
             report.skipped["no target left after truncation"] += 1

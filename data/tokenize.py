@@ -50,21 +50,14 @@ def _runs(segments):
     return runs
 
 
-def tokenize_segments(segments, tokenizer, *, max_seq_len: int, train_on_prompt: bool = False) -> TokenizeResult:
-    """Encode segments, append the EOS, and build shifted targets.
-
-    The mask comes from the segments' positions, never from comparing ids with the pad
-    id, so the EOS (which is also Phi's pad) is always learned. The sequence is cut to
-    ``max_seq_len`` inputs (keeping the start); an example with no target left gives
-    ``example=None``.
-    """
+def _build(pieces: list[list[int]], flags: list[bool], eos_id: int, max_seq_len: int,
+           train_on_prompt: bool) -> TokenizeResult:
     ids: list[int] = []
     learn: list[bool] = []
-    for text, is_target in _runs(segments):
-        piece = tokenizer.encode(text)
+    for piece, is_target in zip(pieces, flags):
         ids.extend(piece)
         learn.extend([is_target or train_on_prompt] * len(piece))
-    ids.append(tokenizer.eos_token_id)
+    ids.append(eos_id)
     learn.append(True)
     total = len(ids)
     # max_seq_len inputs need max_seq_len + 1 tokens: the last token is only ever a target.
@@ -75,3 +68,31 @@ def tokenize_segments(segments, tokenizer, *, max_seq_len: int, train_on_prompt:
     if all(t == IGNORE_INDEX for t in targets):
         return TokenizeResult(None, truncated, total)
     return TokenizeResult(Example(input_ids=ids[:-1], targets=targets), truncated, total)
+
+
+def tokenize_segments(segments, tokenizer, *, max_seq_len: int, train_on_prompt: bool = False) -> TokenizeResult:
+    """Encode segments, append the EOS, and build shifted targets.
+
+    The mask comes from the segments' positions, never from comparing ids with the pad
+    id, so the EOS (which is also Phi's pad) is always learned. The sequence is cut to
+    ``max_seq_len`` inputs (keeping the start); an example with no target left gives
+    ``example=None``.
+    """
+    return tokenize_many([segments], tokenizer, max_seq_len=max_seq_len, train_on_prompt=train_on_prompt)[0]
+
+
+def tokenize_many(segment_lists, tokenizer, *, max_seq_len: int, train_on_prompt: bool = False) -> list[TokenizeResult]:
+    """:func:`tokenize_segments` for many examples, encoding all texts in one batch call."""
+    runs = [_runs(segments) for segments in segment_lists]
+    texts = [text for example_runs in runs for text, _ in example_runs]
+    if hasattr(tokenizer, "encode_batch"):
+        encoded = tokenizer.encode_batch(texts)
+    else:
+        encoded = [tokenizer.encode(text) for text in texts]
+    results, start = [], 0
+    for example_runs in runs:
+        pieces = encoded[start:start + len(example_runs)]
+        start += len(example_runs)
+        results.append(_build(pieces, [flag for _, flag in example_runs], tokenizer.eos_token_id,
+                              max_seq_len, train_on_prompt))
+    return results
