@@ -28,6 +28,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lora_core import atomic_write
+
 SAMPLES = Path(__file__).resolve().parent
 SEED = 1234
 
@@ -308,14 +310,20 @@ FACTS = [
 ]
 
 
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    _write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    _write_text(path, json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def _local_files(rng: random.Random) -> list[str]:
@@ -375,7 +383,7 @@ def _train_tokenizer(corpus: list[str], vocab_size: int = 2048) -> None:
     )
     tokenizer.train_from_iterator(corpus + TEMPLATE_WORDS * 20, trainer=trainer)
     assert tokenizer.get_vocab_size() <= vocab_size, tokenizer.get_vocab_size()
-    tokenizer.save(str(SAMPLES / "tokenizer.json"))
+    atomic_write(SAMPLES / "tokenizer.json", lambda tmp: tokenizer.save(tmp))
 
 
 def main() -> None:
@@ -384,10 +392,8 @@ def main() -> None:
     corpus: list[str] = []
 
     rows = _roleplay_rows(rng)
-    path = SAMPLES / "roleplay" / "data" / "train-00000-of-00001.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(
-        [("name", pa.string()), ("description", pa.string()), ("text", pa.string())])), path)
+    _write_parquet(SAMPLES / "roleplay" / "data" / "train-00000-of-00001.parquet", pa.Table.from_pylist(
+        rows, schema=pa.schema([("name", pa.string()), ("description", pa.string()), ("text", pa.string())])))
     corpus += [r["text"].replace("</s>", "") for r in rows]
 
     for split, count in (("train", 48), ("val", 8), ("test", 8)):
@@ -400,9 +406,7 @@ def main() -> None:
     for split, name, trees in (("train", "train-00000-of-00001-b42a775f407cee45.parquet", 3),
                                ("validation", "validation-00000-of-00001-134b8fd0c89408b6.parquet", 1)):
         messages = _oasst_rows(rng, trees, split)
-        path = SAMPLES / "oasst1" / "data" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(_oasst_table(messages), path)
+        _write_parquet(SAMPLES / "oasst1" / "data" / name, _oasst_table(messages))
         corpus += [m["text"] for m in messages]
 
     corpus += _local_files(rng)

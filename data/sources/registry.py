@@ -94,4 +94,4 @@ def load_source(source: str | Path, **options) -> SourceData:
 
 
 def _missing(path: Path):
-    raise DataError(f"{path}: bundled sample file is missing; regenerate with python data/samples/make_samples.py")
+    raise DataError(f"{path}: bundled sample file is missing; regenerate with python -m data.samples.make_samples")
