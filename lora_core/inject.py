@@ -94,8 +94,11 @@ def _check_slices(name: str, module: nn.Module) -> Dict[str, int]:
     return slices
 
 
-def _plain_linear_forward(module: nn.Module) -> bool:
-    return type(module).forward is nn.Linear.forward
+def _check_plain_forward(name: str, module: nn.Module, base_cls: type) -> None:
+    # Swapping the class replaces forward: only safe when the module runs the torch layer's own.
+    if type(module).forward is not base_cls.forward:
+        raise LoRAError(f"{name}: {type(module).__name__} overrides {base_cls.__name__}.forward; "
+                        f"lora_core cannot add LoRA to it safely; exclude it")
 
 
 def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0, *,
@@ -183,9 +186,7 @@ def _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype, fan_
                                lora_dtype=lora_dtype, **options)
         return
     if isinstance(module, nn.Linear):
-        if not _plain_linear_forward(module):
-            raise LoRAError(f"{name}: {type(module).__name__} overrides nn.Linear.forward; "
-                            f"lora_core cannot add LoRA to it safely")
+        _check_plain_forward(name, module, nn.Linear)
         module.__class__ = MergedLinear if chosen else Linear
         LoRALayer.__init__(module, **options)
         module.fan_in_fan_out = fan_in_fan_out
@@ -195,6 +196,7 @@ def _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype, fan_
         else:
             module._create_lora_parameters(use_rslora, use_dora, lora_dtype)
     elif isinstance(module, nn.Embedding):
+        _check_plain_forward(name, module, nn.Embedding)
         module.__class__ = Embedding
         LoRALayer.__init__(module, r=options["r"], lora_alpha=options["lora_alpha"], lora_dropout=0.0,
                            merge_weights=options["merge_weights"])
@@ -202,6 +204,7 @@ def _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype, fan_
     else:
         from .layers import create_conv_lora_parameters
         conv_type = next(t for t in _CONV_CLASSES if isinstance(module, t))
+        _check_plain_forward(name, module, conv_type)
         module.__class__ = _CONV_CLASSES[conv_type]
         LoRALayer.__init__(module, **options)
         create_conv_lora_parameters(module, module, use_rslora, lora_dtype)

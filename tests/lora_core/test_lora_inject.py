@@ -180,3 +180,12 @@ def test_inject_into_convolutions_keeps_state_dict_keys():
     expected = nn.functional.conv1d(x, model[0].weight + model[0].delta_weight(), model[0].bias)
     torch.testing.assert_close(model[0](x), expected)
     assert model[2].delta_weight().shape == model[2].weight.shape
+
+
+def test_layers_with_their_own_forward_are_refused():
+    class Scaled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+    model = nn.Sequential(Scaled(4, 4))
+    with pytest.raises(LoRAError, match="0: Scaled overrides Linear.forward"):
+        lora.inject(model, ["0"], r=2)

@@ -119,3 +119,15 @@ def test_merge_and_unload_gives_plain_modules_with_same_outputs():
     assert [type(m) for m in model] == [nn.Embedding, nn.Linear, nn.Linear, nn.ReLU, nn.Linear]
     assert not lora.lora_state_dict(model)
     torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_merge_and_unload_convolutions():
+    torch.manual_seed(0)
+    model = nn.Sequential(lora.Conv2d(3, 4, 3, r=2), nn.Conv2d(4, 2, 1))
+    lora.inject(model, ["1"], r=2)
+    _randomize_lora(model)
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x)
+    lora.merge_and_unload(model)
+    assert [type(m) for m in model] == [nn.Conv2d, nn.Conv2d]
+    torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
