@@ -70,7 +70,7 @@ def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int 
     train is held out (seeded). ``limit`` caps the number of conversations per split.
     """
     if isinstance(tokenizer, str):
-        from phi_models.tokenizer import load_tokenizer
+        from phi_models import load_tokenizer
         tokenizer = load_tokenizer(tokenizer)
     if max_seq_len < 2:
         raise DataError(f"max_seq_len={max_seq_len} is too small; use at least 2")

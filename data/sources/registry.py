@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import DataError
 from . import oasst1, roleplay, tweetsumm
 from .base import SourceData
-from .local_files import SHAPES, load_local
+from .local_files import load_local
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 NAMED_SOURCES = ("roleplay", "tweetsumm", "oasst1")
