@@ -18,6 +18,8 @@ BUILDERS = {
     "linear": (lambda dt: lora.Linear(24, 16, r=4, lora_alpha=8, dtype=dt), lambda dt: torch.randn(3, 24, dtype=dt)),
     "linear_fan_in_fan_out": (lambda dt: lora.Linear(24, 16, r=4, fan_in_fan_out=True, dtype=dt),
                               lambda dt: torch.randn(3, 24, dtype=dt)),
+    "rslora": (lambda dt: lora.Linear(24, 16, r=4, use_rslora=True, dtype=dt),
+               lambda dt: torch.randn(3, 24, dtype=dt)),
     "dora": (lambda dt: lora.Linear(24, 16, r=4, use_dora=True, dtype=dt), lambda dt: torch.randn(3, 24, dtype=dt)),
     "embedding": (lambda dt: lora.Embedding(40, 16, r=4, dtype=dt), lambda dt: torch.randint(0, 40, (3, 5))),
     "merged": (lambda dt: lora.MergedLinear(24, 20, r=2, enable_lora=[True, False, True], slice_sizes=(12, 4, 4),
@@ -26,7 +28,7 @@ BUILDERS = {
 }
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("kind", sorted(BUILDERS))
 def test_100_merge_unmerge_cycles_are_bit_exact(kind, dtype):
     torch.manual_seed(0)
