@@ -252,11 +252,9 @@ def print_sample(cfg: TrainConfig, model, tokenizer, prepared, precision: Precis
     import phi_models
 
     prompt_ids = sample_prompt_for(cfg, tokenizer, prepared)
-    model.eval()
-    with torch.no_grad(), precision.autocast():
-        out_ids = phi_models.generate(model, torch.tensor([prompt_ids], device=precision.device),
-                                      max_new_tokens=cfg.sample_tokens, stop_token_ids=tokenizer.stop_token_ids)
-    new_ids = out_ids[0, len(prompt_ids):].tolist()
+    with precision.autocast():
+        (new_ids,) = phi_models.generate(model, [prompt_ids], max_new_tokens=cfg.sample_tokens,
+                                         stop_ids=tokenizer.stop_token_ids, seed=cfg.seed)
     say("sample prompt: " + tokenizer.decode(prompt_ids, skip_special_tokens=False)[-300:].replace("\n", "\\n"))
     say("sample reply : " + tokenizer.decode(new_ids, skip_special_tokens=True).replace("\n", "\\n"))
 
