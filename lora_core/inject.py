@@ -7,7 +7,8 @@ import torch.nn as nn
 
 from .base import LoRALayer
 from .errors import LoRAError
-from .layers import Embedding, InjectedConv1d, InjectedConv2d, InjectedConv3d, Linear
+from .layers import (Embedding, InjectedConv1d, InjectedConv2d, InjectedConv3d, Linear,
+                     create_conv_lora_parameters)
 from .merged import MergedLinear
 from .quantized import add_lora_to_linear4bit, is_linear4bit
 from .utils import mark_only_lora_as_trainable
@@ -119,7 +120,9 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
     aliases = getattr(model, "lora_target_aliases", None)
     wanted = make_matcher(targets, aliases)
     unwanted = make_matcher(exclude, aliases) if exclude else (lambda name: False)
-    selects = lambda name: wanted(name) and not unwanted(name)  # noqa: E731
+
+    def selects(name: str) -> bool:
+        return wanted(name) and not unwanted(name)
 
     candidates = _candidates(model)
     plan = []  # (name, module, enabled slice names or None)
@@ -202,7 +205,6 @@ def _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype, fan_
                            merge_weights=options["merge_weights"])
         module._create_lora_parameters(use_rslora, lora_dtype)
     else:
-        from .layers import create_conv_lora_parameters
         conv_type = next(t for t in _CONV_CLASSES if isinstance(module, t))
         _check_plain_forward(name, module, conv_type)
         module.__class__ = _CONV_CLASSES[conv_type]

@@ -117,11 +117,7 @@ class MergedLinear(LoRALayer, nn.Linear):
 
     def delta_weight(self) -> torch.Tensor:
         """scaling * the block-sparse update (enabled slices' B_g @ A_g), in the weight's layout."""
-        delta = self.lora_A.new_zeros(self.out_features, self.in_features)
-        for group, (out_start, size, b_start) in enumerate(self._enabled_spans):
-            lora_A_g = self.lora_A[group * self.r:(group + 1) * self.r]
-            delta[out_start:out_start + size] = self.lora_B[b_start:b_start + size] @ lora_A_g
-        delta = delta * self.scaling
+        delta = block_lora_B(self) @ self.lora_A * self.scaling  # (out, r*n) @ (r*n, in) -> (out, in)
         return delta.transpose(0, 1) if self.fan_in_fan_out else delta
 
     def merge_AB(self) -> torch.Tensor:
@@ -133,16 +129,23 @@ class MergedLinear(LoRALayer, nn.Linear):
         result = F.linear(x, weight, self.bias)
         if not self.lora_active():
             return result
-        return add_sliced_low_rank(self, x, result)
+        return result.add_(sliced_low_rank_output(self, x, result.dtype))
 
 
-def add_sliced_low_rank(layer, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-    """Add each enabled slice's scaling * x A_g^T B_g^T into its output rows of `result` in place."""
-    dtype = result.dtype
-    lora_A, lora_B = layer.lora_A.to(dtype), layer.lora_B.to(dtype)
-    after_A = F.linear(layer.lora_dropout(x.to(dtype)), lora_A) * layer.scaling  # (..., in) -> (..., r*n_enabled)
+def block_lora_B(layer, dtype=None) -> torch.Tensor:
+    """lora_B laid out as an (out_features, r * n_enabled) block matrix: slice g's rows hold B_g in
+    columns [g*r, (g+1)*r) and zeros elsewhere; rows of disabled slices are zero. One matmul with
+    it applies every slice's own B_g to its own rank-r group (no full delta-W is built)."""
+    lora_B = layer.lora_B if dtype is None else layer.lora_B.to(dtype)
     r = layer.r
+    blocks = lora_B.new_zeros(layer.out_features, r * len(layer._enabled_spans))
     for group, (out_start, size, b_start) in enumerate(layer._enabled_spans):
-        update = F.linear(after_A[..., group * r:(group + 1) * r], lora_B[b_start:b_start + size])
-        result.narrow(-1, out_start, size).add_(update)  # (..., r) -> (..., size) into its rows
-    return result
+        blocks[out_start:out_start + size, group * r:(group + 1) * r] = lora_B[b_start:b_start + size]
+    return blocks
+
+
+def sliced_low_rank_output(layer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Every enabled slice's scaling * x A_g^T B_g^T in its output rows (zeros elsewhere), in `dtype`."""
+    lora_A = layer.lora_A.to(dtype)
+    after_A = F.linear(layer.lora_dropout(x.to(dtype)), lora_A) * layer.scaling  # (..., in) -> (..., r*n)
+    return F.linear(after_A, block_lora_B(layer, dtype))  # (..., r*n) -> (..., out)

@@ -14,7 +14,7 @@ import torch.nn as nn
 from .base import LoRALayer, default_lora_dtype
 from .errors import LoRAError
 from .layers import low_rank_output
-from .merged import add_sliced_low_rank
+from .merged import block_lora_B, sliced_low_rank_output
 
 ROUNDING_WARNING = ("merging LoRA into a 4-bit weight dequantizes, adds and re-quantizes it: the "
                     "merged weights carry 4-bit rounding error and outputs will differ slightly; "
@@ -107,17 +107,13 @@ class _MergedLinear4bitLoRA(_Quantized4bitLoRA):
     """LoRA over chosen output slices of a fused 4-bit Linear."""
 
     def delta_weight(self) -> torch.Tensor:
-        delta = self.lora_A.new_zeros(self.out_features, self.in_features)
-        for group, (out_start, size, b_start) in enumerate(self._enabled_spans):
-            lora_A_g = self.lora_A[group * self.r:(group + 1) * self.r]
-            delta[out_start:out_start + size] = self.lora_B[b_start:b_start + size] @ lora_A_g
-        return delta * self.scaling
+        return block_lora_B(self) @ self.lora_A * self.scaling  # (out, r*n) @ (r*n, in) -> (out, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = super().forward(x)
         if not self.lora_active():
             return result
-        return add_sliced_low_rank(self, x, result.clone())
+        return result + sliced_low_rank_output(self, x, result.dtype)
 
 
 _CLASSES: Dict[str, type] = {}
