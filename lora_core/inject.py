@@ -1,6 +1,6 @@
 """inject: add LoRA to the matching layers of any PyTorch model, in place."""
 import re
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn

@@ -1,7 +1,6 @@
 """MergedLinear: unequal slices equal separate lora.Linear adapters; no full delta-W per call."""
 import pytest
 import torch
-import torch.nn as nn
 
 import lora_core as lora
 

@@ -1,7 +1,6 @@
 """mark_only_lora_as_trainable / lora_state_dict against loralib, and the trainable report."""
 import loralib
 import pytest
-import torch
 import torch.nn as nn
 
 import lora_core as lora
