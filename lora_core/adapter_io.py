@@ -19,7 +19,8 @@ def save_adapter(model: nn.Module, path: PathLike, config: Optional[Dict[str, An
     `config` (default: the config `inject` recorded on the model) as JSON metadata.
     Returns the tensors written."""
     from safetensors.torch import save_file
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in lora_state_dict(model, bias).items()}
+    # Own copies: safetensors refuses tensors that share storage (e.g. tied biases with bias="all").
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in lora_state_dict(model, bias).items()}
     if not tensors:
         raise LoRAError(f"{type(model).__name__} has no LoRA parameters to save to {os.fspath(path)}; "
                         f"add LoRA first (lora_core.inject or lora_core layers)")

@@ -124,6 +124,10 @@ class MergedLinear(LoRALayer, nn.Linear):
         """loralib's unscaled update B @ A zero-padded to the full weight (built only on request)."""
         return self.delta_weight() / self.scaling
 
+    def extra_repr(self) -> str:
+        slices = ", ".join(f"{i['name']}={i['size']}{'*' if i['enabled'] else ''}" for i in self.slice_info())
+        return f"{super().extra_repr()}, slices=({slices})"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.transpose(0, 1) if self.fan_in_fan_out else self.weight
         result = F.linear(x, weight, self.bias)

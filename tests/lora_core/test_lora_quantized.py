@@ -105,3 +105,18 @@ def test_parameter_report_counts_packed_weights():
     assert total == trainable + 64 * 48 + 48 + 48 * 32 + 32
     line = lora.print_trainable_parameters(model)
     assert line.startswith(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: ")
+
+
+def test_adapted_4bit_model_pickles():
+    import io
+    _, model = _quantized_model(fused=True)
+    lora.inject(model, ["q_proj", "2"], r=2)
+    with torch.no_grad():
+        model[2].lora_B.normal_()
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    again = torch.load(buffer, weights_only=False)
+    assert type(again[0]).__name__ == "LoRAMergedLinear4bit" and type(again[2]).__name__ == "LoRALinear4bit"
+    x = torch.randn(2, 64)
+    assert torch.equal(again(x), model(x))
