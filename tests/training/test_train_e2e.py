@@ -110,8 +110,9 @@ def test_grad_accum_4_equals_batch_4_on_tiny(tmp_path):
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("extra", [["--quantize", "nf4", "--precision", "bf16"], ["--precision", "bf16"]],
-                         ids=["nf4", "bf16"])
+@pytest.mark.parametrize("extra", [["--quantize", "nf4", "--precision", "bf16"], ["--precision", "bf16"],
+                                   ["--precision", "fp32", "--gradient-checkpointing", "--optimizer", "adamw8bit"]],
+                         ids=["nf4", "bf16", "checkpointing-adamw8bit"])
 def test_quantized_and_bf16_runs_train(tmp_path, extra):
     out = tmp_path / "run"
     assert _run(out, "--max-steps", "8", "--eval-every", "8", "--save-every", "0", *extra) == 0
@@ -165,3 +166,13 @@ def test_output_dir_with_another_run_is_refused(tmp_path, capsys):
     assert "already holds a run" in err and "--resume latest" in err and "--overwrite" in err
     assert _run(out, "--max-steps", "1", "--eval-every", "0", "--precision", "fp32", "--overwrite") == 0
     assert [r["step"] for r in _records(out, "train")] == [1]
+
+
+def test_max_time_stops_with_a_checkpoint_and_resume_finishes(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--max-steps", "3", "--eval-every", "0", "--precision", "fp32"]
+    assert _run(out, *common, "--max-time", "0.00001") == 0
+    assert "stopped by --max-time after step 1" in capsys.readouterr().out
+    assert [p.name for p in list_checkpoints(out)] == ["step-000001"]
+    assert _run(out, *common, "--resume", "latest") == 0
+    assert [r["step"] for r in _records(out, "train")] == [1, 2, 3]
