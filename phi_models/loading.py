@@ -9,6 +9,8 @@ near the final model size.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 from pathlib import Path
 
@@ -36,6 +38,24 @@ _DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
 }  # fmt: skip
+
+
+def _malloc_trim_function():
+    """glibc's malloc_trim, or None elsewhere."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim_function()
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps quantization temporaries otherwise)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 def parse_dtype(dtype: str | torch.dtype | None, default: torch.dtype | None = None) -> torch.dtype | None:
@@ -127,6 +147,24 @@ def checkpoint_shards(source: ModelSource) -> list[Path]:
     return shards
 
 
+_CHUNK_BYTES = 32 * 2**20
+
+
+def _row_reader(parts: list[torch.Tensor], dtype: torch.dtype):
+    """read_rows(start, stop) over the row-wise concatenation of ``parts``, without concatenating them."""
+    bounds, total = [], 0
+    for part in parts:
+        bounds.append((total, total + part.shape[0], part))
+        total += part.shape[0]
+
+    def read_rows(start: int, stop: int) -> torch.Tensor:
+        pieces = [p[max(start, lo) - lo : min(stop, hi) - lo] for lo, hi, p in bounds if lo < stop and start < hi]
+        return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).to(dtype)
+
+    return read_rows
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
 class _Filler:
     """Places arriving tensors into a meta-device model."""
 
@@ -149,7 +187,8 @@ class _Filler:
         full = self.expected[name]
         return (rows, *full[1:])
 
-    def add(self, key: str, tensor: torch.Tensor, shard: Path) -> None:
+    def add(self, key: str, handle, shard: Path) -> None:
+        """Check, read and place checkpoint tensor ``key`` from an open safetensors ``handle``."""
         target = map_key(key, self.config)
         if target is None:
             return
@@ -161,11 +200,23 @@ class _Filler:
                 f"{shard}: unexpected tensor '{key}': not part of a {self.config.model_type} model with "
                 f"{self.config.num_hidden_layers} layers as config.json describes"
             )
+        stored = handle.get_slice(key)
+        shape = tuple(stored.get_shape())
         want = self.slot_shape(name, target.slot) if target.slot else self.expected[name]
-        if tuple(tensor.shape) != want:
+        if shape != want:
             raise PhiModelError(
-                f"{shard}: tensor '{key}' has shape {list(tensor.shape)} but config.json implies {list(want)}"
+                f"{shard}: tensor '{key}' has shape {list(shape)} but config.json implies {list(want)}"
             )
+        if target.slot is None and name not in self.quantized_weights:
+            self.place(name, self.read_dense(handle, key, stored, shape))
+            return
+        if target.slot is None:  # a whole quantized weight: stream its rows into the quantizer
+            module = self.model.get_submodule(name.rpartition(".")[0])
+            rows = lambda start, stop: stored[start:stop].to(self.dtype)  # noqa: E731
+            set_quantized_weight(module, None, self.device, self.dtype, read_rows=rows)
+            self.after_quantize(name)
+            return
+        tensor = handle.get_tensor(key)
         if target.slot is None:
             self.place(name, tensor)
             return
@@ -173,17 +224,47 @@ class _Filler:
         pieces[target.slot] = tensor
         if len(pieces) == len(QKV_SLOTS):
             del self.pending[name]
-            self.place(name, torch.cat([pieces[s] for s in QKV_SLOTS], dim=0))  # [Q | K | V] rows
+            ordered = [pieces.pop(s) for s in QKV_SLOTS]  # [Q | K | V] rows
+            if name in self.quantized_weights:
+                module = self.model.get_submodule(name.rpartition(".")[0])
+                set_quantized_weight(module, None, self.device, self.dtype, read_rows=_row_reader(ordered, self.dtype))
+                del ordered
+                self.after_quantize(name)
+            else:
+                self.place(name, torch.cat(ordered, dim=0))
+
+    def read_dense(self, handle, key: str, stored, shape: tuple[int, ...]) -> torch.Tensor:
+        """Read a tensor straight into its final dtype/device; big conversions go in row chunks
+        so a whole second copy (e.g. fp16 and bf16 of the embedding) never exists at once."""
+        same = _SAFETENSORS_DTYPES.get(stored.get_dtype()) == self.dtype and self.device.type == "cpu"
+        numel = 1
+        for size in shape:
+            numel *= size
+        if same or not shape or numel * 4 <= _CHUNK_BYTES:
+            return handle.get_tensor(key).to(device=self.device, dtype=self.dtype)
+        out = torch.empty(shape, dtype=self.dtype, device=self.device)
+        step = max(1, _CHUNK_BYTES // (4 * (numel // shape[0])))
+        for start in range(0, shape[0], step):
+            out[start : start + step].copy_(stored[start : start + step])
+        return out
 
     def place(self, name: str, tensor: torch.Tensor) -> None:
         module_name, _, attr = name.rpartition(".")
         module = self.model.get_submodule(module_name)
         if name in self.quantized_weights:
-            set_quantized_weight(module, tensor.to(self.dtype), self.device)
-        else:
-            value = tensor.to(device=self.device, dtype=self.dtype)
-            module._parameters[attr] = nn.Parameter(value, requires_grad=True)
+            set_quantized_weight(module, tensor, self.device, self.dtype)
+            del tensor
+            self.after_quantize(name)
+            return
+        value = tensor.to(device=self.device, dtype=self.dtype)
+        module._parameters[attr] = nn.Parameter(value, requires_grad=True)
         self.loaded.add(name)
+
+    def after_quantize(self, name: str) -> None:
+        self.loaded.add(name)
+        # Without this, glibc keeps each quantization's temporaries and the heap
+        # creeps up by tens of MB per linear, defeating quantize-on-arrival.
+        release_freed_memory()
 
     def finish(self, source_name: str) -> None:
         if "lm_head.weight" not in self.loaded:
@@ -208,5 +289,5 @@ def _fill(model: PhiForCausalLM, config: PhiConfig, source: ModelSource, dtype: 
             raise PhiModelError(f"{shard}: not a readable safetensors file ({err})") from None
         with handle as f:
             for key in f.keys():
-                filler.add(key, f.get_tensor(key), shard)
+                filler.add(key, f, shard)
     filler.finish(source.name)

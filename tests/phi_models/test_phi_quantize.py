@@ -79,3 +79,33 @@ def test_tiny_quantizes_too():
     assert isinstance(qkv, bnb.nn.Linear4bit) and qkv.weight.quant_type == "fp4"
     assert not qkv.weight.compress_statistics
     assert model(_ids() % 2048).shape == (2, 32, 2048)
+
+
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+@pytest.mark.parametrize("double_quant", [True, False])
+def test_chunked_quantization_equals_bitsandbytes(quant_type, double_quant):
+    import bitsandbytes as bnb
+
+    from phi_models.quantize import quantize_4bit_chunked
+
+    weight = torch.randn(300, 136, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)  # 40800 = 637.5 blocks
+    ref_packed, ref_state = bnb.functional.quantize_4bit(
+        weight, blocksize=64, compress_statistics=double_quant, quant_type=quant_type
+    )
+    rows = lambda start, stop: weight[start:stop]  # noqa: E731
+    packed, state = quantize_4bit_chunked(rows, (300, 136), torch.bfloat16, quant_type, double_quant, chunk=64 * 10)
+    assert torch.equal(packed, ref_packed)
+    assert torch.equal(state.absmax, ref_state.absmax)
+    assert torch.equal(
+        bnb.functional.dequantize_4bit(packed, state), bnb.functional.dequantize_4bit(ref_packed, ref_state)
+    )
+
+
+def test_row_reader_spans_fused_pieces():
+    from phi_models.loading import _row_reader
+
+    parts = [torch.randn(5, 3), torch.randn(2, 3), torch.randn(4, 3)]
+    whole = torch.cat(parts)
+    read = _row_reader(parts, torch.bfloat16)
+    for start, stop in [(0, 11), (3, 6), (5, 7), (4, 10), (6, 7)]:
+        assert torch.equal(read(start, stop), whole[start:stop].to(torch.bfloat16))
