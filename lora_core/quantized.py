@@ -33,9 +33,20 @@ def is_linear4bit(module: nn.Module) -> bool:
     return bnb is not None and isinstance(module, bnb.nn.Linear4bit)
 
 
+def restore_standard_layout(module: nn.Module) -> None:
+    """Undo bitsandbytes' CPU inference repacking of a 4-bit weight (done on an eval, no-grad
+    forward on AVX512-BF16 CPUs): that layout has no backward and cannot be dequantized."""
+    state = getattr(module.weight, "quant_state", None)
+    if state is not None and getattr(state, "packing_format_for_cpu", False):
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+        module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+            module.weight.data, state)
+
+
 def dequantized_weight(module: nn.Module) -> torch.Tensor:
     """The dense (out, in) weight of a 4-bit layer, in its quantization dtype."""
     from bitsandbytes.functional import dequantize_4bit
+    restore_standard_layout(module)
     weight = module.weight
     return dequantize_4bit(weight.data, weight.quant_state)
 
@@ -54,6 +65,11 @@ class _Quantized4bitLoRA(LoRALayer):
     def dequantized_weight(self) -> torch.Tensor:
         """The base weight dequantized to a dense (out, in) tensor."""
         return dequantized_weight(self)
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            restore_standard_layout(self)  # packed before LoRA was added: training needs the normal layout
+        return super().forward(x)
 
     def merge(self) -> None:
         if self.merged or self.adapters_disabled:
@@ -96,7 +112,7 @@ class _Linear4bitLoRA(_Quantized4bitLoRA):
         return self.lora_B @ self.lora_A * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = super().forward(x)
+        result = self._base_forward(x)
         if not self.lora_active():
             return result
         # Out of place: bitsandbytes' autograd function may keep its output for backward.
@@ -110,7 +126,7 @@ class _MergedLinear4bitLoRA(_Quantized4bitLoRA):
         return block_lora_B(self) @ self.lora_A * self.scaling  # (out, r*n) @ (r*n, in) -> (out, in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = super().forward(x)
+        result = self._base_forward(x)
         if not self.lora_active():
             return result
         return result + sliced_low_rank_output(self, x, result.dtype)
@@ -155,6 +171,9 @@ def add_lora_to_linear4bit(module: nn.Module, r: int, lora_alpha: float, lora_dr
         raise LoRAError("the Linear4bit weight is not quantized yet; move the model to its device "
                         "(e.g. model.to('cpu')) before adding LoRA")
     fused = enable_lora is not None
+    # bitsandbytes would repack the weight for its inference-only CPU kernel on the first eval,
+    # no-grad forward; training after that fails and merging would read a foreign layout.
+    module.support_avx512bf16_for_cpu = False
     module.__class__ = lora_class_for(type(module).__mro__[0], fused)
     LoRALayer.__init__(module, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
     if fused:

@@ -120,3 +120,40 @@ def test_adapted_4bit_model_pickles():
     assert type(again[0]).__name__ == "LoRAMergedLinear4bit" and type(again[2]).__name__ == "LoRALinear4bit"
     x = torch.randn(2, 64)
     assert torch.equal(again(x), model(x))
+
+
+def _avx512bf16():
+    from bitsandbytes.functional import has_avx512bf16
+    return has_avx512bf16()
+
+
+@pytest.mark.skipif(not _avx512bf16(), reason="bitsandbytes repacks 4-bit weights only on AVX512-BF16 CPUs")
+def test_eval_inference_packing_never_breaks_training_or_merging():
+    torch.manual_seed(0)
+    model = nn.Sequential(bnb.nn.Linear4bit(64, 128, compute_dtype=torch.bfloat16, quant_type="nf4"),
+                          nn.GELU(), bnb.nn.Linear4bit(128, 64, compute_dtype=torch.bfloat16, quant_type="nf4"))
+    model.to("cpu")
+    reference = dequantize(model[0])
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    model.eval()
+    with torch.no_grad():
+        model(x)  # bitsandbytes repacks both weights for its inference-only CPU kernel
+    assert model[0].weight.quant_state.packing_format_for_cpu
+    lora.inject(model, ["0", "2"], r=4)
+    # bitsandbytes' inverse of its packing keeps the 4-bit codes but re-derives the block scales
+    # through bf16, so a weight packed before inject comes back within bf16 rounding.
+    restored = model[0].dequantized_weight().clone()
+    torch.testing.assert_close(restored, reference, atol=0, rtol=2 ** -7)
+    model.train()
+    model(x).float().sum().backward()  # fails on the packed layout unless lora_core restores it
+    assert model[2].lora_B.grad is not None
+    model.eval()
+    with torch.no_grad():
+        model(x)  # adapted layers are no longer repacked
+    assert not model[2].weight.quant_state.packing_format_for_cpu
+    assert torch.equal(model[0].dequantized_weight(), restored)  # nothing changes after adaptation
+
+
+def dequantize(layer):
+    from bitsandbytes.functional import dequantize_4bit
+    return dequantize_4bit(layer.weight.data, layer.weight.quant_state).clone()
