@@ -21,6 +21,8 @@ from .errors import PhiModelError
 ARCHITECTURES = ("phi", "phi3")
 SLIDING_WINDOW_MODES = ("w+1", "w")
 _LONGROPE_NAMES = {"longrope", "su", "yarn"}
+# Remote-code phi-1.5/2 configs (n_embd, n_layer, ...): Nov 2023 phi-msft and the Sept 2023 MixFormer.
+_LEGACY_TYPES = {"phi-msft", "mixformer-sequential"}
 _ACTIVATIONS = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "silu", "swish"}
 
 
@@ -168,13 +170,14 @@ class PhiConfig:
             raise PhiModelError(f"{source}: expected a JSON object, got {type(raw).__name__}")
         model_type = raw.get("model_type")
         try:
-            if model_type == "phi-msft":
+            if model_type in _LEGACY_TYPES:
                 kwargs = _from_phi_msft(raw)
             elif model_type in ARCHITECTURES:
                 kwargs = _from_hf(raw, model_type)
             else:
                 raise PhiModelError(
-                    f"{source}: unknown model_type '{model_type}'; phi_models reads 'phi', 'phi-msft' and 'phi3'"
+                    f"{source}: unknown model_type '{model_type}'; phi_models reads 'phi', 'phi3' and the "
+                    f"legacy 'phi-msft' / 'mixformer-sequential'"
                 )
             return cls(**kwargs)
         except PhiModelError as err:

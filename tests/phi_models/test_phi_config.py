@@ -64,3 +64,9 @@ def test_config_errors():
         PhiConfig.from_dict({"model_type": "phi3"})
     with pytest.raises(PhiModelError, match="sliding_window_mode"):
         PhiConfig(sliding_window_mode="both")
+
+
+def test_mixformer_config_reads_like_phi_msft():
+    c = PhiConfig.from_dict({"model_type": "mixformer-sequential", "n_embd": 2048, "n_layer": 24, "n_head": 32,
+                             "rotary_dim": 32, "vocab_size": 51200})  # fmt: skip
+    assert (c.model_type, c.head_dim, c.rotary_dim, c.intermediate_size) == ("phi", 64, 32, 8192)

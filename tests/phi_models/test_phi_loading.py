@@ -70,6 +70,31 @@ def test_legacy_phi_msft_layout_gives_same_logits(saved_hf, tmp_path):
         assert (_logits(legacy) - hf(ids).logits).abs().max().item() <= TOL
 
 
+def test_legacy_mixformer_layout_gives_same_logits(saved_hf, tmp_path):
+    hf, native_dir = saved_hf("phi-1_5")
+    msft_dir = tmp_path / "msft"
+    _write_phi_msft(hf, msft_dir)
+    # MixFormerSequential: block 0 = embedding, blocks 1..L = layers, block L+1 = head.
+    layers = hf.config.num_hidden_layers
+    state = load_file(msft_dir / "model.safetensors")
+    mixformer = {}
+    for key, value in state.items():
+        if key == "transformer.embd.wte.weight":
+            mixformer["layers.0.wte.weight"] = value
+        elif key.startswith("transformer.h."):
+            index, rest = key[len("transformer.h."):].split(".", 1)
+            mixformer[f"layers.{int(index) + 1}.{rest}"] = value
+        else:  # lm_head.ln.* / lm_head.linear.*
+            mixformer[f"layers.{layers + 1}." + key[len("lm_head."):]] = value
+    mix_dir = tmp_path / "mixformer"
+    mix_dir.mkdir()
+    save_file(mixformer, mix_dir / "model.safetensors")
+    config = json.loads((msft_dir / "config.json").read_text())
+    config["model_type"] = "mixformer-sequential"
+    (mix_dir / "config.json").write_text(json.dumps(config))
+    assert torch.equal(_logits(phi_models.from_pretrained(mix_dir)), _logits(phi_models.from_pretrained(native_dir)))
+
+
 def test_model_tree_has_hf_paths_and_fused_slices(saved_hf):
     _, directory = saved_hf("phi-2")
     model = phi_models.from_pretrained(directory)
