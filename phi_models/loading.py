@@ -127,8 +127,9 @@ def checkpoint_shards(source: ModelSource) -> list[Path]:
     if index is None:
         single = source.file("model.safetensors", required=False)
         if single is None:
+            where = " in the repo or the local cache" if source.kind == "hub" else ""
             raise PhiModelError(
-                f"{source.name}: no model.safetensors or model.safetensors.index.json found "
+                f"{source.name}: no model.safetensors or model.safetensors.index.json found{where} "
                 f"(phi_models reads safetensors checkpoints only)"
             )
         return [single]
@@ -174,10 +175,11 @@ class _Filler:
         self.dtype = dtype
         self.device = device
         self.expected = {name: tuple(p.shape) for name, p in model.named_parameters(remove_duplicate=False)}
-        quant = {name for name, m in model.named_modules() if type(m).__name__ == "Linear4bit"}
-        self.quantized_weights = {f"{name}.weight" for name in quant}
-        for name in self.quantized_weights:  # Params4bit on meta has the dense shape
-            self.expected[name] = (model.get_submodule(name[:-7]).out_features, model.get_submodule(name[:-7]).in_features)
+        self.quantized_weights = set()
+        for name, module in model.named_modules():
+            if type(module).__name__ == "Linear4bit":
+                self.quantized_weights.add(f"{name}.weight")
+                self.expected[f"{name}.weight"] = (module.out_features, module.in_features)  # the dense shape
         self.tied = config.tie_word_embeddings
         self.loaded: set[str] = set()
         self.pending: dict[str, dict[str, torch.Tensor]] = {}
