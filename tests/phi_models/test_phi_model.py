@@ -84,12 +84,19 @@ def test_gradient_checkpointing_same_grads_with_frozen_base(tiny):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_loss_falls_when_training_tiny():
-    model = phi_models.from_pretrained("tiny").train()
-    ids = _ids(4, 32, seed=5)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+@pytest.mark.parametrize("model_type", ["phi", "phi3"])
+def test_loss_falls_when_training(model_type):
+    config = PhiConfig(
+        model_type=model_type, vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, resid_pdrop=0.1,
+    )  # fmt: skip
+    model = PhiForCausalLM(config)
+    model.init_weights(0)
+    model.train()
+    ids = _ids(4, 16, vocab=128, seed=5)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(8):
+    for _ in range(10):
         loss = F.cross_entropy(model(ids)[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
         optimizer.zero_grad()
         loss.backward()
