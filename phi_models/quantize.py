@@ -58,6 +58,9 @@ def empty_linear4bit(
     )
     if hasattr(linear, "lora_slices"):
         module.lora_slices = dict(linear.lora_slices)
+    if linear.out_features % 32 or linear.in_features % 64:
+        # bitsandbytes' AVX512-BF16 inference repacking asserts on such shapes; use its plain CPU path.
+        module.support_avx512bf16_for_cpu = False
     return module
 
 

@@ -216,3 +216,14 @@ def test_bad_quantize_and_dtype_values():
         phi_models.from_pretrained("tiny", quantize="int3")
     with pytest.raises(PhiModelError, match="unknown dtype 'float8'"):
         phi_models.from_pretrained("tiny", dtype="float8")
+
+
+def test_4bit_from_fused_and_split_layouts_agree(saved_hf, tmp_path):
+    # Legacy Wqkv streams whole into the quantizer, HF q/k/v are joined from pieces: same bytes.
+    # The widths (80, 240, 320) are not multiples of bitsandbytes' CPU packing blocks, so this
+    # also covers 4-bit inference on such shapes.
+    hf, native_dir = saved_hf("phi-2")
+    _write_phi_msft(hf, tmp_path / "legacy")
+    legacy = phi_models.from_pretrained(tmp_path / "legacy", quantize="nf4")
+    native = phi_models.from_pretrained(native_dir, quantize="nf4")
+    assert torch.equal(_logits(legacy), _logits(native))
