@@ -93,7 +93,7 @@ class TrainConfig:
     dtype: str = _opt("auto", "dtype of the frozen base weights; auto: the compute dtype of --precision (LoRA weights are always fp32)", kind=str, choices=DTYPES, group="hw")
     quantize: str = _opt("none", "load the base in 4 bits (QLoRA): nf4 or fp4, with double quantization", kind=str, choices=QUANTIZE, group="hw")
     gradient_checkpointing: bool = _opt(False, "recompute layer activations in backward to save memory", kind=bool, group="hw")
-    loss_chunk: int = _opt(1024, "target tokens per lm_head chunk in the loss (bounds the logits memory)", kind=int, group="hw")
+    loss_chunk: int = _opt(256, "target tokens per lm_head chunk in the loss (bounds the logits memory to chunk x vocab floats)", kind=int, group="hw")
 
 
 # What `python train.py` with no arguments (or --demo) runs: LoRA on the tiny random-init model

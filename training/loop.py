@@ -143,7 +143,9 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
                                keep_last=settings.keep_last)
         return str(path)
 
-    def run_eval() -> dict:
+    def run_eval() -> dict | None:
+        if not val_batches:
+            return None  # no validation split (--val-fraction 0 and none in the source)
         result = evaluate(model, val_batches, precision=precision, chunk=settings.loss_chunk,
                           max_batches=settings.eval_batches)
         if state.best_eval_loss is None or result["loss"] < state.best_eval_loss:
@@ -199,7 +201,7 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
                 break
             if settings.save_every and state.step % settings.save_every == 0 and state.step < settings.total_steps:
                 last_checkpoint = save()
-        if stopped_by == "done":
+        if stopped_by in ("done", "time"):
             last_eval = run_eval()
         last_checkpoint = save()
     progress.close()

@@ -226,7 +226,9 @@ def run(cfg: TrainConfig) -> int:
         say(f"stopped by --max-time after step {state.step}; continue with --resume latest")
     say(f"done: {state.step} steps in {format_duration(result.train_seconds)} ({result.train_seconds:.1f} s this session), "
         f"{result.input_tokens:,} tokens, {tok_rate:,.0f} tok/s, peak memory {peak_memory_mb(device):,.0f} MiB")
-    if final is not None:
+    if final is None:
+        say("no evaluation: the dataset has no validation split (raise --val-fraction)")
+    else:
         say(f"final eval loss {final['loss']:.4f}, perplexity {final['ppl']:.2f}; best eval loss {best}")
     say(f"adapter: {adapter_path}  (checkpoint: {result.last_checkpoint})")
     if cfg.sample_tokens:
