@@ -95,3 +95,13 @@ def test_dump_config_round_trips(tmp_path):
     path.write_text(dump_config(cfg, extra={"precision": "fp32"}))
     again = parse_config(["--config", str(path)])
     assert again == cfg and isinstance(again, TrainConfig)
+
+
+def test_bundled_example_configs_parse():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        cfg = parse_config(["--config", str(path)])
+        assert cfg.model and cfg.data and cfg.output_dir
