@@ -21,12 +21,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16 / AMX); else bf16 is emulated."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> bf16 where the device supports it (fp16 on pre-Ampere GPUs); fp16 on CPU is an error."""
+    """``auto`` -> bf16 where the device runs it natively (else fp16 on old GPUs, fp32 on old CPUs).
+
+    fp16 on CPU is an error: its grad scaler is CUDA-only and CPU fp16 kernels are slow.
+    """
     if name == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
     if name == "fp16" and device.type != "cuda":
         raise TrainingError("--precision fp16 needs a CUDA device (its grad scaler is CUDA-only); on CPU use --precision bf16 or fp32")
     return name
