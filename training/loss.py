@@ -35,12 +35,16 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if need_grad else None
         for start in range(0, hidden.shape[0], chunk):
             stop = start + chunk
-            logits = F.linear(hidden[start:stop], weight, bias).float()  # (n, V)
             target = targets[start:stop]
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, target[:, None]).squeeze(1)).sum()
+            logits = F.linear(hidden[start:stop], weight, bias).float()  # (n, V)
+            target_logit = logits.gather(1, target[:, None]).squeeze(1)
+            row_max = logits.amax(dim=-1, keepdim=True)
+            # One pass of exp in place: the logits become unnormalized probabilities.
+            probs = logits.sub_(row_max).exp_()
+            row_sum = probs.sum(dim=-1, keepdim=True)
+            total += (row_max.squeeze(1) + row_sum.squeeze(1).log() - target_logit).sum()
             if need_grad:
-                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place over the logits
+                probs.div_(row_sum)  # softmax
                 probs[torch.arange(target.shape[0], device=target.device), target] -= 1.0
                 grad_hidden[start:stop] = probs.to(weight.dtype) @ weight
         ctx.save_for_backward(grad_hidden)
