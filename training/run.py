@@ -6,10 +6,8 @@
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -178,14 +176,7 @@ def run(cfg: TrainConfig) -> int:
     scaler = precision.make_scaler()
     state = TrainingState()
     if resume_from is not None:
-        payload = load_training_state(resume_from)
-        lora_core.load_adapter(model, resume_from / ADAPTER_FILE, strict=True)  # same targets/rank, or fail loudly
-        optimizer.load_state_dict(payload["optimizer"])
-        schedule.load_state_dict(payload["schedule"])
-        if scaler is not None and payload["scaler"] is not None:
-            scaler.load_state_dict(payload["scaler"])
-        set_rng_state(payload["rng"])
-        state = state_from_payload(payload)
+        state = restore(resume_from, model, optimizer, schedule, scaler)
         say(f"resuming from {resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_index})")
 
     from lora_core import atomic_write
@@ -218,22 +209,41 @@ def run(cfg: TrainConfig) -> int:
 
     adapter_path = out / FINAL_ADAPTER
     lora_core.save_adapter(model, adapter_path, config=adapter_config)
-    tok_rate = result.input_tokens / max(result.train_seconds, 1e-9)
-    best = f"{state.best_eval_loss:.4f}" if state.best_eval_loss is not None else "n/a"
-    final = result.last_eval
-    say("-" * 60)
-    if result.stopped_by == "time":
-        say(f"stopped by --max-time after step {state.step}; continue with --resume latest")
-    say(f"done: {state.step} steps in {format_duration(result.train_seconds)} ({result.train_seconds:.1f} s this session), "
-        f"{result.input_tokens:,} tokens, {tok_rate:,.0f} tok/s, peak memory {peak_memory_mb(device):,.0f} MiB")
-    if final is None:
-        say("no evaluation: the dataset has no validation split (raise --val-fraction)")
-    else:
-        say(f"final eval loss {final['loss']:.4f}, perplexity {final['ppl']:.2f}; best eval loss {best}")
-    say(f"adapter: {adapter_path}  (checkpoint: {result.last_checkpoint})")
+    print_summary(result, adapter_path, device)
     if cfg.sample_tokens:
         print_sample(cfg, model, tokenizer, prepared, precision)
     return 0
+
+
+def restore(checkpoint: Path, model, optimizer, schedule, scaler) -> TrainingState:
+    """Load a checkpoint's adapter, optimizer, schedule, scaler and RNG states; return its counters."""
+    import lora_core
+
+    payload = load_training_state(checkpoint)
+    lora_core.load_adapter(model, checkpoint / ADAPTER_FILE, strict=True)  # same targets and rank, or fail loudly
+    optimizer.load_state_dict(payload["optimizer"])
+    schedule.load_state_dict(payload["schedule"])
+    if scaler is not None and payload["scaler"] is not None:
+        scaler.load_state_dict(payload["scaler"])
+    set_rng_state(payload["rng"])
+    return state_from_payload(payload)
+
+
+def print_summary(result, adapter_path: Path, device: torch.device) -> None:
+    """The end-of-run lines: time, tokens, throughput, memory, eval, where the adapter is."""
+    state, final = result.state, result.last_eval
+    tok_rate = result.input_tokens / max(result.train_seconds, 1e-9)
+    say("-" * 60)
+    if result.stopped_by == "time":
+        say(f"stopped by --max-time after step {state.step}; continue with --resume latest")
+    say(f"done: {state.step} steps, {format_duration(state.elapsed)} in all ({result.train_seconds:.1f} s this session), "
+        f"{result.input_tokens:,} tokens at {tok_rate:,.0f} tok/s, peak memory {peak_memory_mb(device):,.0f} MiB")
+    if final is None:
+        say("no evaluation: the dataset has no validation split (raise --val-fraction)")
+    else:
+        best = f"{state.best_eval_loss:.4f}" if state.best_eval_loss is not None else "n/a"
+        say(f"final eval loss {final['loss']:.4f}, perplexity {final['ppl']:.2f}; best eval loss {best}")
+    say(f"adapter: {adapter_path}  (last checkpoint: {result.last_checkpoint})")
 
 
 def sample_prompt_for(cfg: TrainConfig, tokenizer, prepared) -> list[int]:
