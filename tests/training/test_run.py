@@ -1,4 +1,4 @@
-"""End-to-end runs of train.main on the tiny model and the bundled roleplay sample (in-process)."""
+"""End-to-end runs of train.main (training/run.py) on the tiny model and the bundled roleplay sample (in-process)."""
 
 import json
 import signal
