@@ -6,8 +6,10 @@
 from training.errors import TrainingError
 from training.config import TrainConfig, parse_config
 from training.loss import chunked_lm_loss, count_targets
-from training.schedule import LRSchedule
+from training.loop import accumulate_window, evaluate, fit, optimizer_step
 from training.optim import build_optimizer
+from training.precision import Precision
+from training.schedule import LRSchedule
 
 __all__ = [
     "TrainingError",
@@ -15,6 +17,11 @@ __all__ = [
     "parse_config",
     "chunked_lm_loss",
     "count_targets",
-    "LRSchedule",
+    "accumulate_window",
+    "optimizer_step",
+    "evaluate",
+    "fit",
     "build_optimizer",
+    "Precision",
+    "LRSchedule",
 ]
