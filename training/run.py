@@ -12,6 +12,9 @@ from pathlib import Path
 
 import torch
 
+from data import DataError
+from lora_core import LoRAError
+from phi_models import HubError, PhiModelError
 from training.checkpoint import (
     ADAPTER_FILE,
     CHECKPOINT_DIR,
@@ -271,25 +274,17 @@ def print_sample(cfg: TrainConfig, model, tokenizer, prepared, precision: Precis
     say("sample reply : " + tokenizer.decode(new_ids, skip_special_tokens=True).replace("\n", "\\n"))
 
 
-def known_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that carry a user-facing one-line message (the packages' own error classes)."""
-    found: list[type[BaseException]] = [TrainingError]
-    for module, name in (("lora_core", "LoRAError"), ("phi_models", "PhiModelError"), ("data", "DataError"),
-                         ("phi_models.hub", "HubError")):
-        try:
-            found.append(getattr(__import__(module, fromlist=[name]), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(found)
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: parse ``argv`` (default ``sys.argv[1:]``), run, and return the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    errors = known_errors()
+    # The packages' own error classes carry messages written for the user: print them, no traceback.
+    errors = (TrainingError, LoRAError, PhiModelError, HubError, DataError)
     try:
         cfg = parse_config(argv)
         return run(cfg)
     except errors as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before training started, or a second one while stopping
+        print("interrupted", file=sys.stderr, flush=True)
+        return 130
