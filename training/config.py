@@ -93,6 +93,7 @@ class TrainConfig:
     dtype: str = _opt("auto", "dtype of the frozen base weights; auto: the compute dtype of --precision (LoRA weights are always fp32)", kind=str, choices=DTYPES, group="hw")
     quantize: str = _opt("none", "load the base in 4 bits (QLoRA): nf4 or fp4, with double quantization", kind=str, choices=QUANTIZE, group="hw")
     gradient_checkpointing: bool = _opt(False, "recompute layer activations in backward to save memory", kind=bool, group="hw")
+    pad_multiple: int = _opt(64, "right-pad batches to a multiple of this many tokens (bounds per-shape kernel memory; 1: off)", kind=int, group="hw")
     loss_chunk: int = _opt(256, "target tokens per lm_head chunk in the loss (bounds the logits memory to chunk x vocab floats)", kind=int, group="hw")
 
 
@@ -256,7 +257,8 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError("--model is required (e.g. --model phi-2); run `python train.py` with no arguments for the offline demo")
     if not cfg.data:
         raise TrainingError("--data is required (e.g. --data roleplay); run `python train.py` with no arguments for the offline demo")
-    positive = ["batch_size", "eval_batch_size", "grad_accum", "lora_r", "max_seq_len", "keep_last", "log_every", "loss_chunk"]
+    positive = ["batch_size", "eval_batch_size", "grad_accum", "lora_r", "max_seq_len", "keep_last", "log_every", "loss_chunk",
+                "pad_multiple"]
     for name in positive:
         if getattr(cfg, name) < 1:
             raise TrainingError(f"{flag_name(name)} must be >= 1, got {getattr(cfg, name)}")
