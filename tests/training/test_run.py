@@ -176,3 +176,16 @@ def test_max_time_stops_with_a_checkpoint_and_resume_finishes(tmp_path, capsys):
     assert [p.name for p in list_checkpoints(out)] == ["step-000001"]
     assert _run(out, *common, "--resume", "latest") == 0
     assert [r["step"] for r in _records(out, "train")] == [1, 2, 3]
+
+
+def test_epochs_limit_counts_accumulation_windows(tmp_path):
+    out = tmp_path / "run"
+    assert _run(out, "--epochs", "1.5", "--grad-accum", "5", "--eval-every", "0", "--precision", "fp32") == 0
+    tok = phi_models.load_tokenizer("tiny")
+    prepared = data.prepare("samples/roleplay", tok, max_seq_len=128, limit=48, val_fraction=0.05, seed=42)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    per_epoch = len(data.make_batches(prepared.train, batch_size=4, max_seq_len=128, pad_id=pad, seed=42))
+    windows = -(-per_epoch // 5)
+    train = _records(out, "train")
+    assert len(train) == -(-3 * windows // 2)  # ceil(1.5 epochs of windows)
+    assert [r["epoch"] for r in train].count(0) == windows and train[-1]["epoch"] == 1
