@@ -36,7 +36,7 @@ def micro_batch_loss(model: torch.nn.Module, batch: dict, chunk: int) -> torch.T
 
 
 def accumulate_window(model: torch.nn.Module, micro_batches: list[dict], *, precision: Precision,
-                      scaler=None, chunk: int = 1024) -> tuple[float, int]:
+                      scaler=None, chunk: int = 256) -> tuple[float, int]:
     """Backward over one accumulation window; returns (mean token loss of the window, target tokens).
 
     Every micro-batch's summed loss is divided by the target-token count of the *whole* window,
@@ -68,7 +68,7 @@ def optimizer_step(params: list[torch.nn.Parameter], optimizer, scaler, max_grad
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list[dict], *, precision: Precision, chunk: int = 1024,
+def evaluate(model: torch.nn.Module, batches: list[dict], *, precision: Precision, chunk: int = 256,
              max_batches: int | None = None) -> dict:
     """Token-weighted mean loss and perplexity over ``batches``; no logits are kept."""
     was_training = model.training
@@ -92,7 +92,7 @@ class LoopSettings:
     total_steps: int
     grad_accum: int = 1
     max_grad_norm: float = 1.0
-    loss_chunk: int = 1024
+    loss_chunk: int = 256
     log_every: int = 10
     eval_every: int = 0
     eval_batches: int | None = None

@@ -64,7 +64,7 @@ def _checkpointed_chunk_loss(head: nn.Module, hidden: torch.Tensor, target: torc
     return F.cross_entropy(head(hidden).float(), target, reduction="sum")
 
 
-def chunked_lm_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def chunked_lm_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """Sum (not mean) of next-token cross entropy over positions with ``targets != -100``.
 
     ``hidden`` is (B, T, D) from ``model.hidden_states``; ``targets`` (B, T) is already shifted

@@ -68,7 +68,7 @@ class Precision:
         return None
 
 
-def base_dtype(dtype: str, precision: Precision, quantized: bool) -> torch.dtype:
+def base_dtype(dtype: str, precision: Precision) -> torch.dtype:
     """dtype for the frozen base weights.
 
     ``auto`` stores the frozen base in the compute dtype: under bf16 autocast a bf16 base avoids a

@@ -100,7 +100,7 @@ def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Preci
     if not prepared.train:
         raise TrainingError(f"--data {cfg.data}: no training examples after preparation; check the source and --limit")
     quantize = None if cfg.quantize == "none" else cfg.quantize
-    dtype = base_dtype(cfg.dtype, precision, quantized=quantize is not None)
+    dtype = base_dtype(cfg.dtype, precision)
     model = phi_models.from_pretrained(cfg.model, dtype=dtype, device=device, quantize=quantize)
     if quantize is not None:
         keep_4bit_weights_trainable(model)
