@@ -26,6 +26,15 @@ class HubError(RuntimeError):
     """A file could not be had from the hub; the message says what to do."""
 
 
+class HubFileMissing(HubError):
+    """The repository exists but has no such file."""
+
+
+# Set after the first failed attempt to reach the hub: huggingface_hub retries a dead connection
+# for ~25 s per file, so later files of the same load go straight to the cache instead.
+_hub_unreachable = False
+
+
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` asks for the cache only."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -46,7 +55,9 @@ def fetch_file(
     not have gives ``None`` instead of an error (used for optional files such as
     ``generation_config.json`` or a shard index).
     """
+    global _hub_unreachable
     where = f"{repo_type} repo '{repo_id}'" + (f" at revision '{revision}'" if revision else "")
+    cache_only = hub_offline() or _hub_unreachable
     try:
         path = hf_hub_download(
             repo_id,
@@ -54,7 +65,7 @@ def fetch_file(
             repo_type=repo_type,
             revision=revision,
             token=os.environ.get("HF_TOKEN") or None,
-            local_files_only=hub_offline(),
+            local_files_only=cache_only,
         )
     except GatedRepoError as err:
         raise HubError(
@@ -67,6 +78,7 @@ def fetch_file(
     except RevisionNotFoundError as err:
         raise HubError(f"{where}: no such revision; pass an existing branch, tag or commit") from err
     except LocalEntryNotFoundError as err:
+        _hub_unreachable = _hub_unreachable or not hub_offline()
         if not required:
             return None
         reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub could not be reached"
@@ -77,7 +89,7 @@ def fetch_file(
     except EntryNotFoundError as err:
         if not required:
             return None
-        raise HubError(f"{where} has no file '{filename}'") from err
+        raise HubFileMissing(f"{where} has no file '{filename}'") from err
     except HfHubHTTPError as err:
         raise HubError(f"fetching '{filename}' from {where} failed: {err}") from err
     return Path(path)

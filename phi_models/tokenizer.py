@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 
 from .chat_format import CHAT_FORMATS, Segment, render_chat
 from .errors import PhiModelError
+from .hub import HubFileMissing
 from .presets import PRESET_CHAT_FORMATS, tiny_tokenizer_path
 from .source import resolve_source
 
@@ -143,12 +144,13 @@ def load_tokenizer(name_or_path: str | Path, revision: str | None = None, chat_f
         eos = "<|endoftext|>" if backend.token_to_id("<|endoftext|>") is not None else None
         return PhiTokenizer(backend, bos_token=eos, eos_token=eos, chat_format=fmt, name="tiny")
 
-    tokenizer_file = source.file("tokenizer.json", required=False)
-    if tokenizer_file is None:
+    try:
+        tokenizer_file = source.file("tokenizer.json")
+    except (PhiModelError, HubFileMissing):
         raise PhiModelError(
             f"{source.name}: no tokenizer.json; phi_models reads the fast-tokenizer file only "
             f"(save one with transformers' tokenizer.save_pretrained, or copy it from the official repo)"
-        )
+        ) from None
     backend = _load_backend(tokenizer_file)
     tok_config = _read_json(source.file("tokenizer_config.json", required=False))
     special_map = _read_json(source.file("special_tokens_map.json", required=False))
