@@ -227,3 +227,25 @@ def test_4bit_from_fused_and_split_layouts_agree(saved_hf, tmp_path):
     legacy = phi_models.from_pretrained(tmp_path / "legacy", quantize="nf4")
     native = phi_models.from_pretrained(native_dir, quantize="nf4")
     assert torch.equal(_logits(legacy), _logits(native))
+
+
+def test_unreachable_hub_is_tried_once_then_cache_only(tmp_path, monkeypatch):
+    """huggingface_hub retries a dead connection for ~25 s per file: one failure must be enough."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    import phi_models.hub as hub
+
+    calls = []
+
+    def unreachable(repo_id, filename, **kwargs):
+        calls.append(kwargs["local_files_only"])
+        raise LocalEntryNotFoundError("connection error and no cached copy")
+
+    monkeypatch.setattr(hub, "hf_hub_download", unreachable)
+    monkeypatch.setattr(hub, "_hub_unreachable", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(HubError, match="the hub could not be reached"):
+        phi_models.load_tokenizer("phi-2")
+    with pytest.raises(HubError, match="the hub could not be reached"):
+        phi_models.from_pretrained("phi-2")
+    assert calls[0] is False and all(calls[1:]) and len(calls) >= 2
