@@ -58,9 +58,16 @@ def _group_by_length(lengths: Sequence[int], order: list[int], batch_size: int) 
     return batches
 
 
-def collate(rows: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Lay out rows of examples (one or more per row) as a right-padded batch."""
+def collate(rows: list[list[Example]], pad_id: int, pad_to_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Lay out rows of examples (one or more per row) as a right-padded batch.
+
+    The width is rounded up to ``pad_to_multiple``: CPU bf16 attention keeps per-shape state, so
+    a run over ever-changing lengths grows its memory with every new length (1.4 GB after 40 steps
+    of the tiny model versus 0.55 GB with lengths rounded to 64), and GPUs prefer such lengths too.
+    Padding positions are inert by the batch contract (attention 0, document 0, target -100).
+    """
     width = max(sum(len(e) for e in row) for row in rows)
+    width = -(-width // max(pad_to_multiple, 1)) * max(pad_to_multiple, 1)
     input_ids, targets, attention, positions, documents = [], [], [], [], []
     for row in rows:
         ids, tgt, pos, doc = [], [], [], []
@@ -83,7 +90,7 @@ def collate(rows: list[list[Example]], pad_id: int) -> dict[str, torch.Tensor]:
 
 def make_batches(examples: Sequence[Example], *, batch_size: int, max_seq_len: int, pad_id: int,
                  packing: bool = True, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                 rank: int = 0, world_size: int = 1) -> list[dict[str, torch.Tensor]]:
+                 rank: int = 0, world_size: int = 1, pad_to_multiple: int = 1) -> list[dict[str, torch.Tensor]]:
     """Build this rank's batches for one epoch.
 
     With ``packing`` several examples share a row of at most ``max_seq_len`` tokens;
@@ -116,4 +123,4 @@ def make_batches(examples: Sequence[Example], *, batch_size: int, max_seq_len: i
         if shuffle:
             rng.shuffle(groups)
     mine = groups[rank::world_size]
-    return [collate([[examples[i] for i in row] for row in group], pad_id) for group in mine]
+    return [collate([[examples[i] for i in row] for row in group], pad_id, pad_to_multiple) for group in mine]

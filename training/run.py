@@ -28,7 +28,6 @@ from training.config import TrainConfig, dump_config, parse_config
 from training.errors import TrainingError
 from training.loop import LoopSettings, fit
 from training.optim import build_optimizer
-from training.padding import pad_batch
 from training.precision import Precision, base_dtype, resolve_device, resolve_precision
 from training.progress import METRICS_FILE, MetricsLog, ProgressBar, format_duration, peak_memory_mb
 from training.rng import seed_everything, set_rng_state
@@ -165,13 +164,13 @@ def run(cfg: TrainConfig) -> int:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def epoch_batches(epoch: int) -> list[dict]:
-        batches = data.make_batches(prepared.train, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
-                                    pad_id=pad_id, packing=cfg.packing, shuffle=True, seed=cfg.seed, epoch=epoch)
-        return [pad_batch(b, cfg.pad_multiple, pad_id) for b in batches]
+        return data.make_batches(prepared.train, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
+                                 pad_id=pad_id, packing=cfg.packing, shuffle=True, seed=cfg.seed, epoch=epoch,
+                                 pad_to_multiple=cfg.pad_multiple)
 
     val_batches = data.make_batches(prepared.val, batch_size=cfg.eval_batch_size, max_seq_len=cfg.max_seq_len,
-                                    pad_id=pad_id, packing=cfg.packing, shuffle=False, seed=cfg.seed, epoch=0)
-    val_batches = [pad_batch(b, cfg.pad_multiple, pad_id) for b in val_batches]
+                                    pad_id=pad_id, packing=cfg.packing, shuffle=False, seed=cfg.seed, epoch=0,
+                                    pad_to_multiple=cfg.pad_multiple)
     first_epoch = epoch_batches(0)
     total_steps = plan_steps(cfg, len(first_epoch))
     params = [p for p in model.parameters() if p.requires_grad]

@@ -88,7 +88,7 @@ def load_source(source: str | Path, **options) -> SourceData:
     path = Path(text).expanduser()
     if not path.exists():
         raise DataError(f"unknown data source {text!r}: not a named source {list(NAMED_SOURCES)}, "
-                        f"not samples/<name>, and no such file")
+                        f"not a bundled sample {['samples/' + s for s in SAMPLE_NAMES]}, and no such file")
     _check_options("local", options)
     return load_local(path, shape=options.get("shape"))
 

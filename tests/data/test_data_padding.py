@@ -1,4 +1,4 @@
-"""Padding batches to a length multiple changes shapes only, never the loss."""
+"""Padding batches to a length multiple (make_batches(pad_to_multiple=...)) changes shapes only, never the loss."""
 
 import torch
 
@@ -6,29 +6,27 @@ import data
 import lora_core
 import phi_models
 from training.loop import accumulate_window, evaluate
-from training.padding import pad_batch
 from training.precision import Precision
 
 CPU32 = Precision("fp32", torch.device("cpu"))
 
 
-def test_pad_batch_shapes_and_fill():
-    batch = {"input_ids": torch.ones(2, 5, dtype=torch.long), "targets": torch.ones(2, 5, dtype=torch.long),
-             "attention_mask": torch.ones(2, 5, dtype=torch.long), "position_ids": torch.arange(5).expand(2, 5),
-             "document_ids": torch.ones(2, 5, dtype=torch.long)}
-    out = pad_batch(batch, 8, pad_id=7)
+def test_collate_pads_to_a_multiple_with_inert_positions():
+    rows = [[data.Example([5, 6, 7], [6, 7, 0])], [data.Example([8, 9, 10, 11, 12], [9, 10, 11, 12, 0])]]
+    out = data.collate(rows, pad_id=7, pad_to_multiple=8)
     assert all(v.shape == (2, 8) for v in out.values())
-    assert out["input_ids"][0, 5:].tolist() == [7, 7, 7] and out["targets"][0, 5:].tolist() == [-100] * 3
+    assert out["input_ids"][0, 3:].tolist() == [7] * 5 and out["targets"][1, 5:].tolist() == [-100] * 3
     assert out["attention_mask"][:, 5:].sum() == 0 and out["document_ids"][:, 5:].sum() == 0
-    assert pad_batch(batch, 1, 0) is batch and pad_batch(out, 8, 0) is out
+    assert data.collate(rows, pad_id=7)["input_ids"].shape == (2, 5)
 
 
 def test_padding_does_not_change_loss_or_grads_on_tiny():
     tok = phi_models.load_tokenizer("tiny")
     prepared = data.prepare("samples/roleplay", tok, max_seq_len=100, limit=6, seed=0)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    (batch,) = data.make_batches(prepared.train[:3], batch_size=3, max_seq_len=100, pad_id=pad, shuffle=False)
-    padded = pad_batch(batch, 64, pad)
+    options = dict(batch_size=3, max_seq_len=100, pad_id=pad, shuffle=False)
+    (batch,) = data.make_batches(prepared.train[:3], **options)
+    (padded,) = data.make_batches(prepared.train[:3], pad_to_multiple=64, **options)
     assert padded["input_ids"].shape[1] % 64 == 0 and padded["input_ids"].shape[1] > batch["input_ids"].shape[1]
     results = []
     for b in (batch, padded):
