@@ -119,18 +119,14 @@ def keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
 
 
 def add_lora(cfg: TrainConfig, model: torch.nn.Module) -> tuple[list[str], dict]:
-    """Inject LoRA into the targets, freeze everything else, keep LoRA weights in fp32."""
+    """Inject LoRA (fp32 factors, base frozen) into the targets; returns them and the adapter config."""
     import lora_core
 
     targets = resolve_targets(cfg, model)
     lora_core.inject(model, targets=targets, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
     lora_core.mark_only_lora_as_trainable(model)
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()  # fp32 master weights whatever the base dtype
-    adapter_config = {"r": cfg.lora_r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout,
-                      "targets": targets, "base_model": cfg.model}
-    return targets, adapter_config
+    # inject records everything needed to rebuild the adapter; add where the base came from.
+    return targets, dict(model.lora_core_config, base_model=cfg.model)
 
 
 def plan_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
