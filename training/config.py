@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         meta = f.metadata
         group = groups.setdefault(meta["group"], parser.add_argument_group(titles[meta["group"]]))
         shown = "none" if f.default is None else f.default
-        help_text = f"{meta['help']} (default: {shown})"
+        # Fields whose help already explains their default (e.g. "default: the model's own") keep it.
+        help_text = meta["help"] if "(default:" in meta["help"] else f"{meta['help']} (default: {shown})"
         if meta["kind"] is bool:
             group.add_argument(flag_name(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
