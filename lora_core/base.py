@@ -5,6 +5,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from .dropout import LoRADropout
 from .errors import LoRAError
 
 
@@ -25,7 +26,8 @@ class LoRALayer:
 
     Differences from loralib: merging is exact (the pre-merge weight tensor is kept while
     merged and put back by `unmerge`, so merge/unmerge cycles never drift in any dtype),
-    loading a state dict into a merged layer unmerges first, dropout is a real module, and
+    loading a state dict into a merged layer unmerges first, dropout is a real module (an
+    nn.Dropout subclass with a cheaper CPU mask, see dropout.py), and
     `scaling` may be alpha/sqrt(r) (rsLoRA). Subclasses provide `delta_weight()`.
     """
 
@@ -36,7 +38,7 @@ class LoRALayer:
             raise LoRAError(f"lora_dropout={lora_dropout!r} must be in [0, 1)")
         self.r = r
         self.lora_alpha = lora_alpha
-        self.lora_dropout = nn.Dropout(p=lora_dropout) if lora_dropout > 0.0 else nn.Identity()
+        self.lora_dropout = LoRADropout(p=lora_dropout) if lora_dropout > 0.0 else nn.Identity()
         self.merged = False
         self.merge_weights = merge_weights
         self.use_rslora = False

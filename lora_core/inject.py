@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from .base import LoRALayer
+from .dropout import LoRADropout
 from .errors import LoRAError
 from .layers import (Embedding, InjectedConv1d, InjectedConv2d, InjectedConv3d, Linear,
                      create_conv_lora_parameters)
@@ -105,7 +106,7 @@ def _check_plain_forward(name: str, module: nn.Module, base_cls: type) -> None:
 def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0, *,
            use_rslora: bool = False, use_dora: bool = False, lora_dtype: Optional[torch.dtype] = None,
            exclude: Optional[Targets] = None, fan_in_fan_out: bool = False, merge_weights: bool = False,
-           freeze_base: bool = True) -> List[str]:
+           freeze_base: bool = True, fast_dropout: bool = True) -> List[str]:
     """Give LoRA to the layers of `model` whose names match `targets`, in place.
 
     Matching nn.Linear / nn.Embedding / nn.Conv1d/2d/3d / bitsandbytes Linear4bit modules become
@@ -113,7 +114,9 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
     parameters are fp32 unless `lora_dtype` says otherwise. Fused modules carrying `lora_slices`
     can be targeted whole or per slice (virtual names, see docs/design.md). `merge_weights`
     keeps loralib's merge-on-eval (off by default here). With `freeze_base`, only LoRA
-    parameters stay trainable. Returns the adapted names (virtual names for slices).
+    parameters stay trainable. `fast_dropout` draws CPU dropout masks the cheaper way (same
+    distribution, different masks than nn.Dropout for a seed; see dropout.py). Returns the
+    adapted names (virtual names for slices).
     """
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise LoRAError(f"r={r!r}: inject needs a LoRA rank r >= 1")
@@ -153,6 +156,8 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
     adapted = []
     for name, module, chosen in plan:
         _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype, fan_in_fan_out)
+        if isinstance(module.lora_dropout, LoRADropout):
+            module.lora_dropout.fast_mask = fast_dropout
         if chosen:
             adapted.extend(virtual_slice_name(name, s) for s in chosen)
         else:

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import LoRALayer, default_lora_dtype
+from .dropout import dropout_unscaled
 from .errors import LoRAError
 
 
@@ -18,11 +19,13 @@ def low_rank_output(layer: LoRALayer, x: torch.Tensor, dtype: torch.dtype) -> to
     """scaling * dropout(x) @ A^T @ B^T, computed in `dtype` (the base output's dtype).
 
     fp32 factors over a bf16 base are cast down here (as autocast would); their gradients
-    still accumulate in fp32. Scaling multiplies the narrow (..., r) tensor, not the output.
+    still accumulate in fp32. Scaling, and dropout's 1/(1-p), multiply the narrow (..., r)
+    tensor, not the (..., in) input or the output.
     """
     lora_A, lora_B = layer.lora_A.to(dtype), layer.lora_B.to(dtype)
-    after_A = F.linear(layer.lora_dropout(x.to(dtype)), lora_A)  # (..., in) -> (..., r)
-    return F.linear(after_A * layer.scaling, lora_B)  # (..., r) -> (..., out)
+    dropped, keep_scale = dropout_unscaled(layer.lora_dropout, x.to(dtype))
+    after_A = F.linear(dropped, lora_A)  # (..., in) -> (..., r)
+    return F.linear(after_A * (layer.scaling * keep_scale), lora_B)  # (..., r) -> (..., out)
 
 
 class Linear(LoRALayer, nn.Linear):

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import LoRALayer, default_lora_dtype
+from .dropout import dropout_unscaled
 from .errors import LoRAError
 
 
@@ -151,5 +152,8 @@ def block_lora_B(layer, dtype=None) -> torch.Tensor:
 def sliced_low_rank_output(layer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Every enabled slice's scaling * x A_g^T B_g^T in its output rows (zeros elsewhere), in `dtype`."""
     lora_A = layer.lora_A.to(dtype)
-    after_A = F.linear(layer.lora_dropout(x.to(dtype)), lora_A) * layer.scaling  # (..., in) -> (..., r*n)
+    # One dropout mask over the shared input for all slices (loralib's MergedLinear); its 1/(1-p)
+    # rides on the narrow (..., r*n) tensor with the scaling.
+    dropped, keep_scale = dropout_unscaled(layer.lora_dropout, x.to(dtype))
+    after_A = F.linear(dropped, lora_A) * (layer.scaling * keep_scale)  # (..., in) -> (..., r*n)
     return F.linear(after_A, block_lora_B(layer, dtype))  # (..., r*n) -> (..., out)
