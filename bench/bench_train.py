@@ -17,8 +17,9 @@ base model's loss; bf16 tolerance) and the same number of trainable parameters. 
     python bench/bench_train.py [--hidden 1024 --layers 6 --vocab 51200 --batch 4 --seq 256]
                                 [--warmup 2 --steps 6 --threads N --check --rounds 1]
 
-Memory columns: ``after load`` = resident set right after the base model is loaded (before LoRA and
-training), ``peak`` = the process's RSS high-water mark (``ru_maxrss``) over load + training.
+Memory columns: ``imports`` = resident set once the implementation's packages are imported (before any
+model), ``after load`` = resident set right after the base model is loaded (before LoRA and training),
+``peak`` = the process's RSS high-water mark (``ru_maxrss``) over imports + load + training.
 """
 
 from __future__ import annotations
@@ -109,15 +110,16 @@ def table(args, results: dict) -> str:
     import peft
 
     mb = lambda kb: f"{kb / 1024:,.0f} MB"  # noqa: E731
-    rows = ["| implementation | tokens/s (median) | step s (median) | after load | peak RSS | first loss |",
-            "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| implementation | tokens/s (median) | step s (median) | imports | after load | peak RSS | first loss |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
     names = {"philora": "philora", "hf": "transformers + peft"}
     for kind, res in results.items():
         rows.append(f"| {names[kind]} | {res['tokens_per_s']:,.0f} | {res['step_s']:.3f} | "
-                    f"{mb(res['rss_after_load_kb'])} | {mb(res['peak_rss_kb'])} | {res['first_loss']:.4f} |")
+                    f"{mb(res['rss_imports_kb'])} | {mb(res['rss_after_load_kb'])} | {mb(res['peak_rss_kb'])} | "
+                    f"{res['first_loss']:.4f} |")
     if len(results) == 2:
         ours, theirs = results["philora"], results["hf"]
-        rows.append(f"| **philora / hf** | **{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x** | | "
+        rows.append(f"| **philora / hf** | **{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x** | | | "
                     f"{ours['rss_after_load_kb'] / theirs['rss_after_load_kb']:.2f}x | "
                     f"**{ours['peak_rss_kb'] / theirs['peak_rss_kb']:.2f}x** | |")
     threads = next(iter(results.values()))["threads"]
@@ -211,6 +213,11 @@ def worker(args) -> None:
     directory = Path(args.dir)
     batches = torch.load(directory / "batches.pt")
     kind = args.worker.removeprefix("check-")
+    if kind == "philora":
+        import lora_core, phi_models, training.loop  # noqa: F401,E401
+    else:
+        import peft, transformers  # noqa: F401,E401
+    rss_imports = rss_kb()
     torch.manual_seed(0)
     model, after_load = (load_philora if kind == "philora" else load_hf)(args, directory)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -261,7 +268,7 @@ def worker(args) -> None:
     step_s = statistics.median(times)
     print("RESULT " + json.dumps({
         "tokens_per_s": args.batch * args.seq / step_s, "step_s": step_s, "step_times": times,
-        "rss_after_load_kb": after_load, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "rss_imports_kb": rss_imports, "rss_after_load_kb": after_load, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "first_loss": losses[0], "last_loss": losses[-1], "threads": torch.get_num_threads(),
     }))
 
