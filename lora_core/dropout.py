@@ -36,6 +36,12 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     return halves >= -(2 ** 31) + round(p * 2 ** 32)
 
 
+def _zero_dropped(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    # where(), not x * keep: a bool * bf16 product casts the mask to a full bf16 temporary in
+    # forward and again in backward; where's backward is where(keep, grad, 0) with no cast.
+    return torch.where(keep, x, 0.0)
+
+
 class LoRADropout(nn.Dropout):
     """``nn.Dropout`` (same state and behaviour); with ``fast_mask`` its CPU masks come from
     :func:`keep_mask`, and LoRA layers fold its 1/(1-p) into their rank-r scaling (``unscaled``)."""
@@ -51,7 +57,7 @@ class LoRADropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fast(x):
             return super().forward(x)
-        return (x * keep_mask(x.shape, self.p)).mul_(1.0 / (1.0 - self.p))
+        return _zero_dropped(x, keep_mask(x.shape, self.p)).mul_(1.0 / (1.0 - self.p))
 
     def unscaled(self, x: torch.Tensor) -> Tuple[torch.Tensor, float]:
         """(x with the dropped elements zeroed, the factor still owed): ``forward(x) == a * b``
@@ -62,7 +68,7 @@ class LoRADropout(nn.Dropout):
         """
         if not self._fast(x):
             return self(x), 1.0
-        return x * keep_mask(x.shape, self.p), 1.0 / (1.0 - self.p)
+        return _zero_dropped(x, keep_mask(x.shape, self.p)), 1.0 / (1.0 - self.p)
 
 
 def dropout_unscaled(dropout: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, float]:
