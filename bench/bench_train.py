@@ -19,7 +19,8 @@ base model's loss; bf16 tolerance) and the same number of trainable parameters. 
 
 Memory columns: ``imports`` = resident set once the implementation's packages are imported (before any
 model), ``after load`` = resident set right after the base model is loaded (before LoRA and training),
-``peak`` = the process's RSS high-water mark (``ru_maxrss``) over imports + load + training.
+``peak`` = the process's RSS high-water mark (``ru_maxrss``) over imports + load + training. Both stacks
+memory-map the safetensors file, so "after load" counts only the weight pages touched so far.
 """
 
 from __future__ import annotations
@@ -268,7 +269,8 @@ def worker(args) -> None:
     step_s = statistics.median(times)
     print("RESULT " + json.dumps({
         "tokens_per_s": args.batch * args.seq / step_s, "step_s": step_s, "step_times": times,
-        "rss_imports_kb": rss_imports, "rss_after_load_kb": after_load, "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "rss_imports_kb": rss_imports, "rss_after_load_kb": after_load,
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "first_loss": losses[0], "last_loss": losses[-1], "threads": torch.get_num_threads(),
     }))
 
