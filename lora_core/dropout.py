@@ -3,16 +3,16 @@
 On CPU, ``nn.Dropout`` draws its mask with ``bernoulli_``: one Mersenne-Twister draw plus a float
 transform per element, ~15% of a bf16 LoRA training step at width 1024 on 2 cores. With
 ``fast_mask`` the mask comes from 64-bit random integers split into two 32-bit halves, each
-compared with an integer threshold: no float transform (2-3x faster per mask at widths
-1024-4096, 2 cores; a default-range int64 draw with per-half thresholds measured only ~10% faster
-still and was not worth the extra code). Semantics stay those of ``nn.Dropout`` (independent
-per element, kept values scaled by 1/(1-p)); the drop probability is resolved to 2**-32, finer
-than ``bernoulli_``'s 24-bit float uniform. Draws come from torch's default CPU generator, so
+compared with an integer threshold: no float transform (2-3x faster per mask at widths 1024-4096,
+2 cores; a default-range int64 draw with per-half thresholds measured only ~10% faster still and
+was not worth the extra code). Semantics stay those of ``nn.Dropout`` (independent per element,
+kept values scaled by 1/(1-p)); the drop probability is resolved to 2**-32, finer than
+``bernoulli_``'s 24-bit float uniform. Draws come from torch's default CPU generator, so
 ``torch.manual_seed`` and RNG-state checkpoints reproduce masks exactly; only the particular mask
-for a given seed differs from ``nn.Dropout``'s. That is why it is opt-in: layers built with the loralib constructors
-(``lora.Linear(..., lora_dropout=0.1)``) keep ``nn.Dropout``'s masks and so train bit-identically
-to loralib, while ``inject`` (lora_core's own API, what training uses) turns it on. CUDA and
-other devices always use ``nn.Dropout``'s own Philox kernel.
+for a given seed differs from ``nn.Dropout``'s. That is why it is opt-in: layers built with the
+loralib constructors (``lora.Linear(..., lora_dropout=0.1)``) keep ``nn.Dropout``'s masks and so
+train bit-identically to loralib, while ``inject`` (lora_core's own API, what training uses) turns
+it on. CUDA and other devices always use ``nn.Dropout``'s own Philox kernel.
 """
 from typing import Tuple
 
