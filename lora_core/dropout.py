@@ -61,8 +61,9 @@ class LoRADropout(nn.Dropout):
         return _zero_dropped(x, keep_mask(x.shape, self.p)).mul_(1.0 / (1.0 - self.p))
 
     def unscaled(self, x: torch.Tensor) -> Tuple[torch.Tensor, float]:
-        """(x with the dropped elements zeroed, the factor still owed): ``forward(x) == a * b``
-    (with ``fast_mask`` off: ``(forward(x), 1.0)``, nn.Dropout's exact masks and rounding).
+        """(x with the dropped elements zeroed, the factor still owed), so ``forward(x) == a * b``.
+
+        With ``fast_mask`` off this is ``(forward(x), 1.0)``: nn.Dropout's exact masks and rounding.
 
         LoRA callers fold the factor 1/(1-p) into their (..., r)-sized scaling instead of paying
         a full-width multiply forward and backward; the result is the same up to rounding.
