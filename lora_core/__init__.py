@@ -6,6 +6,12 @@ safetensors adapter files.
 """
 name = "lora"  # loralib sets this too
 
+import logging as _logging
+
+# bitsandbytes (imported lazily, for 4-bit layers) warns at import on AVX512-BF16 CPUs that it could
+# not fetch an optional inference kernel from the hub. We never want hub code, so the warning is noise.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
 from .adapter_io import load_adapter, read_adapter, save_adapter
 from .atomic import atomic_write
 from .base import LoRALayer

@@ -1,6 +1,12 @@
 """Hand-written Phi models (phi-1.5/2, Phi-3, 3.5, 4-mini) with exact checkpoint loading, 4-bit bases,
 tokenizer, chat formats and generation. See docs/design.md for the contracts."""
 
+import logging as _logging
+
+# bitsandbytes (imported lazily, for 4-bit layers) warns at import on AVX512-BF16 CPUs that it could
+# not fetch an optional inference kernel from the hub. We never want hub code, so the warning is noise.
+_logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
+
 from .cache import KVCache
 from .chat_format import CHAT_FORMATS, Segment, render_chat, render_chat_text
 from .config import PhiConfig
