@@ -3,9 +3,11 @@ injected LoRA computes what PEFT computes for the same factors."""
 import io
 
 import loralib
+import peft
 import pytest
 import torch
 import torch.nn as nn
+import transformers
 
 import lora_core
 
@@ -54,8 +56,6 @@ def test_loralib_tutorial_runs_unchanged_with_same_results():
 
 
 def test_injected_lora_matches_peft_on_a_tiny_llama():
-    transformers = pytest.importorskip("transformers")
-    peft = pytest.importorskip("peft")
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2)

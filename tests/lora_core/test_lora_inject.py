@@ -2,6 +2,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import transformers
 
 import lora_core as lora
 from lora_core import LoRAError
@@ -49,7 +50,6 @@ def test_multihead_attention_out_proj_is_refused():
 
 
 def test_inject_into_tiny_llama_and_train():
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)

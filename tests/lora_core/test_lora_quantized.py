@@ -1,13 +1,12 @@
 """LoRA over a bitsandbytes 4-bit base on CPU."""
 import warnings
 
+import bitsandbytes as bnb
 import pytest
 import torch
 import torch.nn as nn
 
 import lora_core as lora
-
-bnb = pytest.importorskip("bitsandbytes")
 
 
 def _quantized_model(quant_type="nf4", double_quant=True, compute_dtype=torch.float32, fused=False):
