@@ -116,7 +116,8 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
     keeps loralib's merge-on-eval (off by default here). With `freeze_base`, only LoRA
     parameters stay trainable. `fast_dropout` draws CPU dropout masks the cheaper way (same
     distribution, different masks than nn.Dropout for a seed; see dropout.py). Returns the
-    adapted names (virtual names for slices).
+    adapted names (virtual names for slices). `fan_in_fan_out=True` is refused for nn.Linear and
+    Linear4bit targets, whose weights are (out, in) already.
     """
     if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
         raise LoRAError(f"r={r!r}: inject needs a LoRA rank r >= 1")
@@ -147,6 +148,12 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
         if isinstance(parent, nn.MultiheadAttention):
             raise LoRAError(f"{name}: nn.MultiheadAttention uses its out_proj weight directly, so LoRA there "
                             f"would have no effect; exclude it (exclude=[{name!r}])")
+        if fan_in_fan_out and isinstance(module, nn.Linear):
+            # Linear (and Linear4bit) keep weight as (out, in); treating it as (in, out) would be
+            # silently wrong on square layers and a shape error on the rest.
+            raise LoRAError(f"{name}: fan_in_fan_out=True is for GPT-2 Conv1D-style (in, out) weights, but "
+                            f"{type(module).__name__} stores (out, in) {tuple(module.weight.shape)}; "
+                            f"drop fan_in_fan_out=True")
         if use_dora and not (isinstance(module, nn.Linear) and not is_linear4bit(module)):
             raise LoRAError(f"{name}: use_dora=True supports dense nn.Linear layers only, "
                             f"not {type(module).__name__}; exclude it or turn DoRA off")
@@ -155,7 +162,7 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
     options = dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
     adapted = []
     for name, module, chosen in plan:
-        _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype, fan_in_fan_out)
+        _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype)
         if isinstance(module.lora_dropout, LoRADropout):
             module.lora_dropout.fast_mask = fast_dropout
         if chosen:
@@ -183,7 +190,7 @@ def _disable_fused_fast_paths(model: nn.Module, names: List[str]) -> None:
             modules[name].register_forward_pre_hook(_keep_module_forward)
 
 
-def _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype, fan_in_fan_out) -> None:
+def _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype) -> None:
     enable = sizes = None
     if chosen:
         slices = _check_slices(name, module)
@@ -197,7 +204,7 @@ def _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype, fan_
         _check_plain_forward(name, module, nn.Linear)
         module.__class__ = MergedLinear if chosen else Linear
         LoRALayer.__init__(module, **options)
-        module.fan_in_fan_out = fan_in_fan_out
+        module.fan_in_fan_out = False  # nn.Linear weights are (out, in); inject refuses True
         if chosen:
             module.configure_slices(enable, sizes)
             module._create_lora_parameters(use_rslora, lora_dtype)

@@ -43,6 +43,16 @@ def test_inject_into_transformer_encoder_layer_and_train():
         torch.testing.assert_close(layer(x), trained, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("out_features", [8, 6])  # square: silently wrong before; non-square: shape error
+def test_fan_in_fan_out_is_refused_for_linear_targets(out_features):
+    model = nn.Sequential(nn.Linear(8, out_features))
+    weight = model[0].weight
+    with pytest.raises(LoRAError, match=r"0: fan_in_fan_out=True .* Linear stores \(out, in\)"):
+        lora.inject(model, ["0"], r=2, fan_in_fan_out=True)
+    # Refused before anything changed: the layer is still a plain, trainable nn.Linear.
+    assert type(model[0]) is nn.Linear and model[0].weight is weight and weight.requires_grad
+
+
 def test_multihead_attention_out_proj_is_refused():
     layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16)
     with pytest.raises(LoRAError, match="self_attn.out_proj: nn.MultiheadAttention"):
