@@ -1,6 +1,7 @@
 """Adapter files: safetensors round trip, config metadata, shape-mismatch errors, atomic writes."""
 import json
 import os
+import stat
 
 import loralib
 import pytest
@@ -114,3 +115,24 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
         lora.atomic_write(path, failing)
     assert json.loads(path.read_text()) == {"step": 1}
     assert os.listdir(tmp_path) == ["state.json"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permission bits")
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["022", "027"])
+def test_atomic_write_gives_files_normal_permissions(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        lora.atomic_write(tmp_path / "config.json", lambda tmp: open(tmp, "w").write("{}"))
+        lora.save_adapter(_model(), tmp_path / "adapter.safetensors")
+    finally:
+        os.umask(old)
+    for name in ("config.json", "adapter.safetensors"):  # as open() would: not mkstemp's 0o600
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.skipif(os.name == "nt", reason="folders cannot be fsynced on Windows")
+def test_atomic_write_fsyncs_the_file_then_its_folder(tmp_path, monkeypatch):
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)), real_fsync(fd)))
+    lora.atomic_write(tmp_path / "x.json", lambda tmp: open(tmp, "w").write("{}"))
+    assert synced == [False, True]  # the data before the rename, the folder entry after it
