@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
+
+from .errors import DataError
 
 IGNORE_INDEX = -100
 
@@ -36,27 +39,47 @@ class TokenizeResult:
     num_tokens: int  # before truncation, the final EOS included
 
 
-def _runs(segments):
-    # Join neighbouring segments of the same kind so each prompt or reply is encoded as one
-    # string, the way the prompt is encoded at generation time.
-    runs: list[list] = []
+def _rendered(segments) -> tuple[str, list[int], list[bool]]:
+    """The whole rendered text, the start offset of each non-empty segment, and its target flag."""
+    starts, flags, parts, at = [], [], [], 0
     for segment in segments:
-        if not segment.text:
-            continue
-        if runs and runs[-1][1] == segment.is_target:
-            runs[-1][0] += segment.text
-        else:
-            runs.append([segment.text, segment.is_target])
-    return runs
+        if segment.text:
+            starts.append(at)
+            flags.append(segment.is_target)
+            parts.append(segment.text)
+            at += len(segment.text)
+    return "".join(parts), starts, flags
 
 
-def _build(pieces: list[list[int]], flags: list[bool], eos_id: int, max_seq_len: int,
+def _token_flags(offsets, starts: list[int], flags: list[bool]) -> list[bool]:
+    """Whether each token (by its character span) is target text.
+
+    A token belongs to the segment holding its first character. At special-token boundaries
+    (all chat formats) no token straddles two segments. Elsewhere a straddling token goes with
+    where it starts: one that ends a reply (``<|end|>\\n`` when the marker absorbs the newline,
+    or ``!###``) is learned, as the reply cannot be finished without it; one reaching from the
+    prompt into the reply is not, since generation encodes the prompt alone and never emits it.
+    """
+    out = []
+    for start, _ in offsets:
+        index = bisect.bisect_right(starts, start) - 1
+        out.append(index >= 0 and flags[index])
+    return out
+
+
+def _encode_with_offsets(tokenizer, texts: list[str]):
+    # Character offsets come from the wrapped `tokenizers` backend (PhiTokenizer.backend).
+    backend = getattr(tokenizer, "backend", None)
+    if backend is None or not hasattr(backend, "encode_batch"):
+        raise DataError(f"tokenizer {type(tokenizer).__name__} has no `backend` tokenizers.Tokenizer to take "
+                        f"token offsets from; pass a phi_models.PhiTokenizer (phi_models.load_tokenizer)")
+    return backend.encode_batch(texts, add_special_tokens=False)
+
+
+def _build(ids: list[int], learn: list[bool], eos_id: int, max_seq_len: int,
            train_on_prompt: bool) -> TokenizeResult:
-    ids: list[int] = []
-    learn: list[bool] = []
-    for piece, is_target in zip(pieces, flags):
-        ids.extend(piece)
-        learn.extend([is_target or train_on_prompt] * len(piece))
+    ids = list(ids)
+    learn = [flag or train_on_prompt for flag in learn]
     ids.append(eos_id)
     learn.append(True)
     total = len(ids)
@@ -71,9 +94,12 @@ def _build(pieces: list[list[int]], flags: list[bool], eos_id: int, max_seq_len:
 
 
 def tokenize_segments(segments, tokenizer, *, max_seq_len: int, train_on_prompt: bool = False) -> TokenizeResult:
-    """Encode segments, append the EOS, and build shifted targets.
+    """Encode the rendered text, append the EOS, and build shifted targets.
 
-    The mask comes from the segments' positions, never from comparing ids with the pad
+    The segments are joined and encoded as one string, as generation encodes a prompt
+    (encoded one by one, SentencePiece-style tokenizers such as Phi-3's would start every
+    segment with an extra "▁"). The mask comes from each token's character span against the
+    target segments' spans (see :func:`_token_flags`), never from comparing ids with the pad
     id, so the EOS (which is also Phi's pad) is always learned. The sequence is cut to
     ``max_seq_len`` inputs (keeping the start); an example with no target left gives
     ``example=None``.
@@ -82,17 +108,9 @@ def tokenize_segments(segments, tokenizer, *, max_seq_len: int, train_on_prompt:
 
 
 def tokenize_many(segment_lists, tokenizer, *, max_seq_len: int, train_on_prompt: bool = False) -> list[TokenizeResult]:
-    """:func:`tokenize_segments` for many examples, encoding all texts in one batch call."""
-    runs = [_runs(segments) for segments in segment_lists]
-    texts = [text for example_runs in runs for text, _ in example_runs]
-    if hasattr(tokenizer, "encode_batch"):
-        encoded = tokenizer.encode_batch(texts)
-    else:
-        encoded = [tokenizer.encode(text) for text in texts]
-    results, start = [], 0
-    for example_runs in runs:
-        pieces = encoded[start:start + len(example_runs)]
-        start += len(example_runs)
-        results.append(_build(pieces, [flag for _, flag in example_runs], tokenizer.eos_token_id,
-                              max_seq_len, train_on_prompt))
-    return results
+    """:func:`tokenize_segments` for many examples: one string per example, all encoded in one batch call."""
+    rendered = [_rendered(segments) for segments in segment_lists]
+    encodings = _encode_with_offsets(tokenizer, [text for text, _, _ in rendered])
+    return [_build(encoding.ids, _token_flags(encoding.offsets, starts, flags), tokenizer.eos_token_id,
+                   max_seq_len, train_on_prompt)
+            for encoding, (_, starts, flags) in zip(encodings, rendered)]
