@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from data import IGNORE_INDEX  # the batch contract's 'no target' value, defined once in data
 
 
 def count_targets(targets: torch.Tensor) -> int:

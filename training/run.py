@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from data import DataError
+from data import IGNORE_INDEX, DataError
 from lora_core import LoRAError
 from phi_models import HubError, PhiModelError
 from training.checkpoint import (
@@ -123,8 +123,8 @@ def add_lora(cfg: TrainConfig, model: torch.nn.Module) -> tuple[list[str], dict]
     import lora_core
 
     targets = resolve_targets(cfg, model)
+    # inject's freeze_base (the default) freezes all but the LoRA factors, biases too (loralib's bias='none').
     lora_core.inject(model, targets=targets, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
-    lora_core.mark_only_lora_as_trainable(model)
     # inject records everything needed to rebuild the adapter; add where the base came from.
     return targets, dict(model.lora_core_config, base_model=cfg.model)
 
@@ -255,7 +255,7 @@ def sample_prompt_for(cfg: TrainConfig, tokenizer, prepared) -> list[int]:
     prompt = []
     for token, target in zip(example.input_ids, example.targets):
         prompt.append(token)
-        if target != -100:  # the first supervised prediction starts right after this token
+        if target != IGNORE_INDEX:  # the first supervised prediction starts right after this token
             break
     return prompt
 

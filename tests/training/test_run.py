@@ -106,8 +106,10 @@ def test_grad_accum_4_equals_batch_4_on_tiny(tmp_path):
         loop_module.accumulate_window(model, batches, precision=Precision("fp32", torch.device("cpu")))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
     assert grads[0].keys() == grads[1].keys()
+    # fp32 tolerance; measured: max |difference| 1.5e-8 against gradients up to 2.2e-2 (only the
+    # summation order differs: one batch's reductions vs four accumulated backward passes).
     for name in grads[0]:
-        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-6, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("extra", [["--quantize", "nf4", "--precision", "bf16"], ["--precision", "bf16"],
