@@ -67,6 +67,18 @@ def build_mask(
     return MaskSpec(allowed[:, None], is_causal=False)  # (B, 1, T, S)
 
 
+def _would_run_in_fp16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """True when SDPA on these tensors would compute in fp16: an fp16 input, or fp16 autocast.
+
+    Under autocast a check of q.dtype misses it: the Linear gives fp16 q/k/v, but RoPE's fp32
+    cos/sin promote q and k back to fp32, and autocast then casts all three to fp16 in SDPA.
+    """
+    device = q.device.type
+    if torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.float16:
+        return True
+    return torch.float16 in (q.dtype, k.dtype, v.dtype)
+
+
 class FusedQKVAttention(nn.Module):
     """Self-attention with one fused q/k/v projection; subclasses add the output projection."""
 
@@ -104,11 +116,18 @@ class FusedQKVAttention(nn.Module):
         k = apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        out_dtype = q.dtype
-        if self.upcast_scores and q.dtype == torch.float16:
+        if self.upcast_scores and _would_run_in_fp16(q, k, v):
             # phi-2's q.k^T overflows fp16 (phi-architecture.md §10.1): score and softmax in fp32.
-            q, k, v = q.float(), k.float(), v.float()
-        out = F.scaled_dot_product_attention(
+            # Autocast disabled for this call, or SDPA (on its lower-precision list) would cast back.
+            with torch.autocast(q.device.type, enabled=False):
+                out = self._sdpa(q.float(), k.float(), v.float(), mask).to(torch.float16)
+        else:
+            out = self._sdpa(q, k, v, mask)
+        out = out.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B,H,T,hd)->(B,T,H*hd)
+        return self.output_projection()(out)
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: MaskSpec) -> torch.Tensor:
+        return F.scaled_dot_product_attention(
             q,
             k,
             v,
@@ -117,5 +136,3 @@ class FusedQKVAttention(nn.Module):
             dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.num_kv_heads != self.num_heads,
         )
-        out = out.to(out_dtype).transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim)  # (B,H,T,hd)->(B,T,H*hd)
-        return self.output_projection()(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import phi_models
 from phi_models import PhiConfig, PhiForCausalLM, PhiModelError
@@ -105,7 +106,21 @@ def test_loss_falls_when_training(model_type):
     assert losses[-1] < losses[0] - 1.0
 
 
-def test_fp16_phi2_with_large_qk_norms_stays_finite():
+class _AttentionKernelDtypes(TorchDispatchMode):
+    """Records the input dtypes of the SDPA kernel as dispatched, i.e. after autocast's casts."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[torch.dtype, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if "scaled_dot_product" in func.name():
+            self.seen.append(tuple(a.dtype for a in args[:3]))
+        return func(*args, **(kwargs or {}))
+
+
+def _phi2_with_large_qk_norms() -> PhiForCausalLM:
+    """fp32 phi-2-shaped model whose q.k^T exceeds fp16's 65504 (hidden 160, 2 heads of 80)."""
     config = PhiConfig(
         model_type="phi", vocab_size=128, hidden_size=160, intermediate_size=640, num_hidden_layers=2,
         num_attention_heads=2, partial_rotary_factor=0.4,
@@ -117,16 +132,50 @@ def test_fp16_phi2_with_large_qk_norms_stays_finite():
             qkv = layer.self_attn.qkv_proj
             qkv.weight[:160].mul_(200.0)  # q rows: entries ~50, |q|^2 ~ 2e5 > 65504
             qkv.weight[160:320].copy_(qkv.weight[:160])  # k = q, so q.k is large and positive
-    model = model.half()
-    ids = _ids(1, 24, vocab=128, seed=6)
+    return model
+
+
+def _assert_qk_overflows_fp16(model: PhiForCausalLM, ids: torch.Tensor) -> None:
     with torch.no_grad():
-        h = model.model.layers[0].input_layernorm(model.model.embed_tokens(ids))
-        q, k, _ = model.model.layers[0].self_attn.qkv_proj(h).split(160, dim=-1)
+        layer = model.model.layers[0]
+        h = layer.input_layernorm(model.model.embed_tokens(ids)).half()
+        q, k, _ = F.linear(h, layer.self_attn.qkv_proj.weight.half()).split(160, dim=-1)
         naive = q.view(1, 24, 2, 80).transpose(1, 2) @ k.view(1, 24, 2, 80).transpose(1, 2).transpose(-1, -2)
         assert not torch.isfinite(naive).all()  # the fp16 product really overflows
+
+
+def test_fp16_phi2_with_large_qk_norms_stays_finite():
+    model = _phi2_with_large_qk_norms()
+    ids = _ids(1, 24, vocab=128, seed=6)
+    _assert_qk_overflows_fp16(model, ids)
+    model = model.half()
+    # CPU's fp16 SDPA kernels accumulate in fp32 and stay finite either way, so check the kernel
+    # really got fp32 inputs (what keeps CUDA's fp16 kernels from overflowing).
+    with torch.no_grad(), _AttentionKernelDtypes() as kernel:
         logits = model(ids)
+    assert kernel.seen == [(torch.float32,) * 3] * 2
     assert logits.dtype == torch.float16
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.skipif(not torch.amp.is_autocast_available("cpu"), reason="no CPU autocast")
+def test_fp16_autocast_phi2_attention_runs_in_fp32():
+    # Under autocast the Linear's q/k/v are fp16, RoPE promotes q/k to fp32, and SDPA sits on
+    # autocast's lower-precision list: without the guard the kernel would see fp16 again.
+    model = _phi2_with_large_qk_norms()
+    ids = _ids(1, 24, vocab=128, seed=6)
+    _assert_qk_overflows_fp16(model, ids)
+    with torch.no_grad():
+        reference = model(ids)
+        with torch.autocast("cpu", dtype=torch.float16), _AttentionKernelDtypes() as kernel:
+            logits = model(ids)
+    assert kernel.seen == [(torch.float32,) * 3] * 2
+    assert logits.dtype == torch.float16  # the rest of the model still runs under autocast
+    assert torch.isfinite(logits).all()
+    assert torch.allclose(logits.float(), reference, rtol=0.05, atol=0.05)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), _AttentionKernelDtypes() as kernel:
+        model(ids)
+    assert kernel.seen == [(torch.bfloat16,) * 3] * 2  # bf16 has fp32's range: no upcast needed
 
 
 def test_longrope_cache_refuses_to_mix_factor_sets():
