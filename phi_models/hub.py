@@ -9,6 +9,7 @@ so a test or a user can flip them at any time. Nothing fetched is executed.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download
@@ -30,9 +31,18 @@ class HubFileMissing(HubError):
     """The repository exists but has no such file."""
 
 
-# Set after the first failed attempt to reach the hub: huggingface_hub retries a dead connection
-# for ~25 s per file, so later files of the same load go straight to the cache instead.
-_hub_unreachable = False
+# huggingface_hub retries a dead connection for ~25 s per file, so after one failed attempt the
+# files asked for in the next UNREACHABLE_FOR seconds (the rest of that load, and the tokenizer /
+# model / data loads right after it) come from the cache only. The window expires so that one
+# transient failure does not leave a long-lived process cache-only for good.
+UNREACHABLE_FOR = 60.0
+_clock = time.monotonic  # a module attribute so tests can move time
+_hub_unreachable_until = float("-inf")
+
+
+def hub_recently_unreachable() -> bool:
+    """True while a failed attempt to reach the hub is less than ``UNREACHABLE_FOR`` seconds old."""
+    return _clock() < _hub_unreachable_until
 
 
 def hub_offline() -> bool:
@@ -55,9 +65,9 @@ def fetch_file(
     not have gives ``None`` instead of an error (used for optional files such as
     ``generation_config.json`` or a shard index).
     """
-    global _hub_unreachable
+    global _hub_unreachable_until
     where = f"{repo_type} repo '{repo_id}'" + (f" at revision '{revision}'" if revision else "")
-    cache_only = hub_offline() or _hub_unreachable
+    cache_only = hub_offline() or hub_recently_unreachable()
     try:
         path = hf_hub_download(
             repo_id,
@@ -78,7 +88,8 @@ def fetch_file(
     except RevisionNotFoundError as err:
         raise HubError(f"{where}: no such revision; pass an existing branch, tag or commit") from err
     except LocalEntryNotFoundError as err:
-        _hub_unreachable = _hub_unreachable or not hub_offline()
+        if not cache_only:  # a real attempt failed; cache-only misses must not extend the window
+            _hub_unreachable_until = _clock() + UNREACHABLE_FOR
         if not required:
             return None
         reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub could not be reached"

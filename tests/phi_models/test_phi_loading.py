@@ -242,10 +242,39 @@ def test_unreachable_hub_is_tried_once_then_cache_only(tmp_path, monkeypatch):
         raise LocalEntryNotFoundError("connection error and no cached copy")
 
     monkeypatch.setattr(hub, "hf_hub_download", unreachable)
-    monkeypatch.setattr(hub, "_hub_unreachable", False)
+    monkeypatch.setattr(hub, "_hub_unreachable_until", float("-inf"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(HubError, match="the hub could not be reached"):
         phi_models.load_tokenizer("phi-2")
     with pytest.raises(HubError, match="the hub could not be reached"):
         phi_models.from_pretrained("phi-2")
     assert calls[0] is False and all(calls[1:]) and len(calls) >= 2
+
+
+def test_unreachable_hub_window_expires(monkeypatch):
+    """One transient failure must not leave the process cache-only for good."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    import phi_models.hub as hub
+
+    now, calls = [1000.0], []
+
+    def unreachable(repo_id, filename, **kwargs):
+        calls.append(kwargs["local_files_only"])
+        raise LocalEntryNotFoundError("connection error and no cached copy")
+
+    monkeypatch.setattr(hub, "hf_hub_download", unreachable)
+    monkeypatch.setattr(hub, "_clock", lambda: now[0])
+    monkeypatch.setattr(hub, "_hub_unreachable_until", float("-inf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+
+    def fetch_at(t):
+        now[0] = t
+        assert hub.fetch_file("some/repo", "config.json", required=False) is None
+        return calls[-1]
+
+    assert fetch_at(1000.0) is False  # tries the hub, fails
+    assert fetch_at(1000.0 + hub.UNREACHABLE_FOR - 1) is True  # cache only inside the window
+    # That cache-only miss did not extend the window: once it is over, the hub is tried again.
+    assert fetch_at(1000.0 + hub.UNREACHABLE_FOR + 1) is False
+    assert fetch_at(1000.0 + hub.UNREACHABLE_FOR + 2) is True  # and the new failure opens a new one
