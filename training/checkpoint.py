@@ -4,8 +4,11 @@ Layout of ``<output_dir>/checkpoints/step-000120/``:
   ``adapter.safetensors``  what ``lora_core.lora_state_dict`` holds (loadable with strict=False)
   ``training_state.pt``    optimizer, schedule, grad scaler, all RNG states, step, epoch, batch index
 
-A checkpoint is written into a hidden temporary directory and renamed into place, so a directory
-named ``step-*`` is always complete, whatever killed the process. The newest ``keep_last`` survive.
+A checkpoint is written into a hidden temporary directory (``.tmp-step-*``), fsynced and renamed
+into place, so a directory named ``step-*`` is always complete, whatever killed the process. Saving
+a step that already exists moves the old directory aside (``.old-step-*``) first and deletes it only
+after the new one is in place; leftovers of a killed save are cleaned up (an aside directory whose
+step is missing is renamed back) by the next save or ``--resume``. The newest ``keep_last`` survive.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ STATE_FILE = "training_state.pt"
 CHECKPOINT_DIR = "checkpoints"
 STATE_FORMAT = 1
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_LEFTOVER_DIR = re.compile(r"^\.(tmp|old)-(step-\d+)-\d+$")  # .tmp-step-000120-<pid>, .old-step-000120-<pid>
 
 
 @dataclass
@@ -53,23 +57,67 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
         return []
     found = []
     for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and (child / STATE_FILE).is_file() and (child / ADAPTER_FILE).is_file():
+        match = _STEP_DIR.match(child.name)  # hidden .tmp-/.old- leftovers never match
+        if match and _is_complete(child):
             found.append((int(match.group(1)), child))
     return [path for _, path in sorted(found)]
 
 
+def _fsync_dir(path: Path) -> None:
+    """Flush a directory's entries (renames, new files) to disk; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _is_complete(path: Path) -> bool:
+    return (path / STATE_FILE).is_file() and (path / ADAPTER_FILE).is_file()
+
+
+def clean_leftovers(output_dir: str | os.PathLike) -> None:
+    """Undo what a killed save left behind.
+
+    ``.tmp-step-*`` (a checkpoint still being written) is deleted. ``.old-step-N-*`` (a previous
+    ``step-N`` moved aside for a re-save) is renamed back when ``step-N`` is missing (the kill came
+    between the two renames) and deleted otherwise.
+    """
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return
+    for child in sorted(root.iterdir()):
+        match = _LEFTOVER_DIR.match(child.name)
+        if not match:
+            continue
+        final = root / match.group(2)
+        if match.group(1) == "old" and not final.exists() and _is_complete(child):
+            os.replace(child, final)
+        else:
+            shutil.rmtree(child, ignore_errors=True)
+    _fsync_dir(root)
+
+
 def save_checkpoint(output_dir: str | os.PathLike, *, model: torch.nn.Module, optimizer, schedule, scaler,
-                    state: TrainingState, rng: dict, adapter_config: dict, keep_last: int) -> Path:
-    """Write checkpoint ``step-<state.step>`` atomically, then prune to the newest ``keep_last``."""
+                    state: TrainingState, rng: dict, adapter_config: dict, keep_last: int,
+                    run_config: dict | None = None) -> Path:
+    """Write checkpoint ``step-<state.step>`` atomically, then prune to the newest ``keep_last``.
+
+    ``run_config`` (the options a resume must repeat, see ``training.run``) is stored in the state.
+    """
     from lora_core import atomic_write, save_adapter
 
     root = checkpoint_root(output_dir)
     root.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(output_dir)
     final = root / f"step-{state.step:06d}"
     tmp = root / f".tmp-step-{state.step:06d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    aside = root / f".old-step-{state.step:06d}-{os.getpid()}"
     tmp.mkdir()
     payload = {
         "format": STATE_FORMAT,
@@ -80,44 +128,49 @@ def save_checkpoint(output_dir: str | os.PathLike, *, model: torch.nn.Module, op
         "elapsed": state.elapsed,
         "best_eval_loss": state.best_eval_loss,
         "extra": state.extra,
+        "run_config": dict(run_config or {}),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng,
     }
     try:
-        save_adapter(model, tmp / ADAPTER_FILE, config=adapter_config)
+        save_adapter(model, tmp / ADAPTER_FILE, config=adapter_config)  # each file fsynced by atomic_write
         atomic_write(tmp / STATE_FILE, lambda path: torch.save(payload, path))
-        if final.exists():  # the same step saved again (e.g. interrupted right after a save)
-            shutil.rmtree(final)
+        _fsync_dir(tmp)
+        # The same step saved again (e.g. interrupted right after a save): never delete the old copy
+        # before the new one is in place, or a kill in between would leave no checkpoint of this step.
+        if final.exists():
+            os.replace(final, aside)
         os.replace(tmp, final)
+        _fsync_dir(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+            if aside.exists() and not final.exists():
+                os.replace(aside, final)  # the new copy failed: put the old one back
+    shutil.rmtree(aside, ignore_errors=True)
     prune_checkpoints(output_dir, keep_last)
     return final
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` checkpoints and any leftover temporary directories."""
-    root = checkpoint_root(output_dir)
-    for stale in root.glob(".tmp-step-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid != str(os.getpid()):
-            shutil.rmtree(stale, ignore_errors=True)
+    """Delete all but the newest ``keep_last`` complete checkpoints."""
     for old in list_checkpoints(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(checkpoint_root(output_dir))
 
 
 def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path:
     """``'latest'`` -> newest complete checkpoint of ``output_dir``; a path -> that checkpoint."""
     if resume == "latest":
+        clean_leftovers(output_dir)  # a save killed between its renames may have left step-N aside
         found = list_checkpoints(output_dir)
         if not found:
             raise TrainingError(f"--resume latest: no complete checkpoint in {checkpoint_root(output_dir)}; start without --resume")
         return found[-1]
     path = Path(resume)
-    if not (path / STATE_FILE).is_file() or not (path / ADAPTER_FILE).is_file():
+    if not _is_complete(path):
         raise TrainingError(f"--resume {resume}: not a checkpoint directory (expected {STATE_FILE} and {ADAPTER_FILE} in it); "
                             f"use 'latest' or a {CHECKPOINT_DIR}/step-NNNNNN folder")
     return path

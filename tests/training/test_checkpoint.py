@@ -50,3 +50,85 @@ def test_resume_errors(tmp_path):
     (bad / "training_state.pt").write_bytes(b"not a torch file")
     with pytest.raises(TrainingError, match="cannot be read as a training state"):
         load_training_state(bad)
+
+
+def _save(root, model, opt, sched, step, keep_last=3, **state):
+    return save_checkpoint(root, model=model, optimizer=opt, schedule=sched, scaler=None,
+                           state=TrainingState(step=step, **state), rng=rng_state(), adapter_config={"r": 2},
+                           keep_last=keep_last)
+
+
+# A real SIGKILL in the middle of re-saving step 1: after the old step-000001 was moved aside,
+# before the new one was renamed in. Nothing may be lost.
+_KILLED_SAVE = """
+import os, signal, sys, torch, lora_core
+from training.checkpoint import TrainingState, save_checkpoint
+from training.rng import rng_state
+from training.schedule import LRSchedule
+model = torch.nn.Sequential(lora_core.Linear(8, 8, r=2, lora_alpha=4))
+lora_core.mark_only_lora_as_trainable(model)
+opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+sched = LRSchedule(opt, kind="constant", peak_lr=1e-3, total_steps=10)
+def save(batch_index):
+    save_checkpoint(sys.argv[1], model=model, optimizer=opt, schedule=sched, scaler=None, rng=rng_state(),
+                    state=TrainingState(step=1, batch_index=batch_index), adapter_config={}, keep_last=1)
+save(7)
+real = os.replace
+def replace_then_die(src, dst):
+    real(src, dst)
+    if os.path.basename(str(dst)).startswith(".old-"):
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace_then_die
+save(8)
+"""
+
+
+def test_kill_between_renames_loses_nothing_and_leftovers_are_cleaned(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], cwd=repo, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    root = tmp_path / "checkpoints"
+    leftovers = sorted(p.name.split("-")[0] for p in root.iterdir())
+    assert leftovers == [".old", ".tmp"]  # old copy aside, complete new copy not yet renamed in
+    assert list_checkpoints(tmp_path) == []  # hidden leftovers are never listed
+    # --resume latest puts the old copy back (keep_last 1 would otherwise have left no checkpoint)
+    restored = resolve_resume("latest", tmp_path)
+    assert restored.name == "step-000001" and load_training_state(restored)["batch_index"] == 7
+    assert [p.name for p in root.iterdir()] == ["step-000001"]
+
+
+def test_resave_same_step_replaces_it_and_the_next_save_cleans_debris(tmp_path, monkeypatch):
+    model, opt, sched = _parts()
+    _save(tmp_path, model, opt, sched, 1, batch_index=7)
+    _save(tmp_path, model, opt, sched, 1, batch_index=8)  # the same step again: replaced, no aside left
+    root = tmp_path / "checkpoints"
+    assert [p.name for p in root.iterdir()] == ["step-000001"]
+    assert load_training_state(root / "step-000001")["batch_index"] == 8
+
+    # a save that fails at the final rename keeps the old copy in place
+    import training.checkpoint as ckpt
+
+    real = ckpt.os.replace
+
+    def failing(src, dst):
+        if str(src).split("/")[-1].startswith(".tmp-"):
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(ckpt.os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        _save(tmp_path, model, opt, sched, 1, batch_index=9)
+    monkeypatch.setattr(ckpt.os, "replace", real)
+    assert [p.name for p in root.iterdir()] == ["step-000001"]
+    assert load_training_state(root / "step-000001")["batch_index"] == 8
+
+    # debris of killed saves (another pid) is removed by the next save, aside copies of present steps too
+    (root / ".tmp-step-000002-1").mkdir()
+    (root / ".old-step-000001-1").mkdir()
+    _save(tmp_path, model, opt, sched, 2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-000001", "step-000002"]
