@@ -13,7 +13,7 @@ from .config import PhiConfig
 from .errors import PhiModelError
 from .generation import generate
 from .hub import HubError, fetch_file
-from .loading import from_pretrained
+from .loading import from_pretrained, parse_dtype
 from .model import PhiForCausalLM
 from .presets import PRESETS, preset_names
 from .tokenizer import PhiTokenizer, load_tokenizer
@@ -32,6 +32,7 @@ __all__ = [
     "from_pretrained",
     "generate",
     "load_tokenizer",
+    "parse_dtype",
     "preset_names",
     "render_chat",
     "render_chat_text",

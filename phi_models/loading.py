@@ -59,14 +59,17 @@ def release_freed_memory() -> None:
 
 
 def parse_dtype(dtype: str | torch.dtype | None, default: torch.dtype | None = None) -> torch.dtype | None:
-    """A torch dtype from a dtype, a name like 'bf16', or None/'auto' (-> ``default``)."""
+    """A torch dtype from a dtype, a name like 'bf16', or None/'auto' (-> ``default``).
+
+    Public (``phi_models.parse_dtype``) so other packages accept the same names; raises PhiModelError.
+    """
     if dtype is None or dtype == "auto":
         return default
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
             raise PhiModelError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
         return dtype
-    if dtype not in _DTYPES:
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise PhiModelError(f"unknown dtype '{dtype}'; use one of {sorted(_DTYPES)} or 'auto'")
     return _DTYPES[dtype]
 
@@ -218,10 +221,8 @@ class _Filler:
             set_quantized_weight(module, None, self.device, self.dtype, read_rows=rows)
             self.after_quantize(name)
             return
+        # One q/k/v piece of an HF-native phi layer: held until the other two arrive.
         tensor = handle.get_tensor(key)
-        if target.slot is None:
-            self.place(name, tensor)
-            return
         pieces = self.pending.setdefault(name, {})
         pieces[target.slot] = tensor
         if len(pieces) == len(QKV_SLOTS):

@@ -218,6 +218,19 @@ def test_bad_quantize_and_dtype_values():
         phi_models.from_pretrained("tiny", dtype="float8")
 
 
+def test_parse_dtype_is_public_and_strict():
+    parse = phi_models.parse_dtype
+    assert [parse(n) for n in ("bf16", "bfloat16", "fp16", "half", "fp32", "float")] == [
+        torch.bfloat16, torch.bfloat16, torch.float16, torch.float16, torch.float32, torch.float32,
+    ]  # fmt: skip
+    assert parse(torch.float16) is torch.float16
+    assert parse("auto", torch.bfloat16) is torch.bfloat16 and parse(None) is None
+    with pytest.raises(PhiModelError, match=r"dtype torch.int8 is not supported; use float32, bfloat16 or float16"):
+        parse(torch.int8)
+    with pytest.raises(PhiModelError, match=r"unknown dtype '16'; use one of \[.*'bf16'.*\] or 'auto'"):
+        parse(16)
+
+
 def test_4bit_from_fused_and_split_layouts_agree(saved_hf, tmp_path):
     # Legacy Wqkv streams whole into the quantizer, HF q/k/v are joined from pieces: same bytes.
     # The widths (80, 240, 320) are not multiples of bitsandbytes' CPU packing blocks, so this
