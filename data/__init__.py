@@ -5,7 +5,7 @@
     batches = data.make_batches(prepared.train, batch_size=4, max_seq_len=512, pad_id=tokenizer.pad_token_id)
 """
 
-from .batching import collate, make_batches, pack_rows
+from .batching import EpochBatches, collate, make_batches, pack_rows
 from .conversation import Conversation, Message
 from .errors import DataError
 from .prepare import PreparedData, prepare
@@ -14,7 +14,7 @@ from .sources import NAMED_SOURCES, SourceData, load_source
 from .tokenize import IGNORE_INDEX, Example, tokenize_many, tokenize_segments
 
 __all__ = [
-    "prepare", "PreparedData", "make_batches", "collate", "pack_rows", "Example", "IGNORE_INDEX",
+    "prepare", "PreparedData", "make_batches", "EpochBatches", "collate", "pack_rows", "Example", "IGNORE_INDEX",
     "tokenize_segments", "tokenize_many", "DatasetReport", "DataError", "Conversation", "Message", "load_source",
     "SourceData", "NAMED_SOURCES",
 ]

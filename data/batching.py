@@ -5,7 +5,7 @@ A batch is a dict of LongTensors, all (B, T): ``input_ids``, ``targets`` (shifte
 -100 where nothing is learned), ``attention_mask``, ``position_ids`` (restarting at 0
 for each packed document) and ``document_ids`` (1, 2, ... per packed document; 0 for
 padding). Batches depend only on (examples, options, seed, epoch), so a run resumes at
-(epoch, batch index).
+(epoch, batch index). Every rank gets the same number of batches (see ``make_batches``).
 """
 
 from __future__ import annotations
@@ -88,15 +88,30 @@ def collate(rows: list[list[Example]], pad_id: int, pad_to_multiple: int = 1) ->
             "document_ids": as_tensor(documents)}
 
 
+class EpochBatches(list):
+    """One rank's batches for an epoch (a plain list), and what was left out so all ranks get as many."""
+
+    def __init__(self, batches=(), dropped_batches: int = 0, dropped_examples: int = 0):
+        super().__init__(batches)
+        self.dropped_batches = dropped_batches  # global batches left out, over all ranks
+        self.dropped_examples = dropped_examples
+
+
 def make_batches(examples: Sequence[Example], *, batch_size: int, max_seq_len: int, pad_id: int,
                  packing: bool = True, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                 rank: int = 0, world_size: int = 1, pad_to_multiple: int = 1) -> list[dict[str, torch.Tensor]]:
+                 rank: int = 0, world_size: int = 1, pad_to_multiple: int = 1,
+                 drop_uneven: bool = True) -> EpochBatches:
     """Build this rank's batches for one epoch.
 
     With ``packing`` several examples share a row of at most ``max_seq_len`` tokens;
     otherwise each row is one example and batches group similar lengths. Rank ``r`` gets
-    global batches ``r, r + world_size, ...``, so the ranks together see every example
-    exactly once (their batch counts differ by at most one).
+    global batches ``r, r + world_size, ...``. With ``drop_uneven`` (the default) the last
+    ``len % world_size`` global batches are left out, so every rank gets the same number of
+    batches: DDP hangs at the end of an epoch when one rank takes a step the others do not.
+    The ranks together then see every kept example exactly once; what was dropped is counted
+    on the result (``dropped_batches``, ``dropped_examples``), and with shuffling it is a
+    different tail each epoch. ``drop_uneven=False`` keeps everything (counts then differ by
+    up to one), for loops with no per-batch collective such as evaluation.
     """
     if batch_size < 1 or max_seq_len < 1:
         raise DataError(f"batch_size ({batch_size}) and max_seq_len ({max_seq_len}) must be at least 1")
@@ -122,5 +137,15 @@ def make_batches(examples: Sequence[Example], *, batch_size: int, max_seq_len: i
         groups = [[[i] for i in batch] for batch in _group_by_length(lengths, order, batch_size)]
         if shuffle:
             rng.shuffle(groups)
-    mine = groups[rank::world_size]
-    return [collate([[examples[i] for i in row] for row in group], pad_id, pad_to_multiple) for group in mine]
+    dropped: list = []
+    if drop_uneven and world_size > 1:
+        keep = len(groups) - len(groups) % world_size
+        if keep == 0 and groups:
+            raise DataError(f"{len(examples)} examples make {len(groups)} batches of batch_size={batch_size}, fewer "
+                            f"than world_size={world_size}, so some rank would get none; use a smaller batch_size, "
+                            f"more data, or drop_uneven=False")
+        groups, dropped = groups[:keep], groups[keep:]
+    batches = [collate([[examples[i] for i in row] for row in group], pad_id, pad_to_multiple)
+               for group in groups[rank::world_size]]
+    return EpochBatches(batches, dropped_batches=len(dropped),
+                        dropped_examples=sum(len(row) for group in dropped for row in group))

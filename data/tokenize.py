@@ -54,11 +54,13 @@ def _rendered(segments) -> tuple[str, list[int], list[bool]]:
 def _token_flags(offsets, starts: list[int], flags: list[bool]) -> list[bool]:
     """Whether each token (by its character span) is target text.
 
-    A token belongs to the segment holding its first character. At special-token boundaries
-    (all chat formats) no token straddles two segments. Elsewhere a straddling token goes with
-    where it starts: one that ends a reply (``<|end|>\\n`` when the marker absorbs the newline,
-    or ``!###``) is learned, as the reply cannot be finished without it; one reaching from the
-    prompt into the reply is not, since generation encodes the prompt alone and never emits it.
+    A token belongs to the segment holding its first character. In the chat formats a reply
+    starts after a special token (or its newline) and ends with one, so the only straddler is
+    a marker that swallows the newline after it (``<|end|>\\n`` in Phi-3 revisions whose
+    markers have ``rstrip``). A straddling token goes with where it starts: one that ends a
+    reply (``<|end|>\\n``, or ``!###`` in a base template) is learned, as the reply cannot be
+    finished without it; one reaching from the prompt into the reply is not, since generation
+    encodes the prompt alone and never emits it.
     """
     out = []
     for start, _ in offsets:

@@ -70,18 +70,48 @@ def test_batches_are_deterministic_in_seed_and_epoch():
 
 @pytest.mark.parametrize("packing", [True, False])
 @pytest.mark.parametrize("world_size", [1, 2, 3])
-def test_sharding_by_rank_covers_every_example_exactly_once(packing, world_size):
-    examples = _examples([1 + (i * 5) % 11 for i in range(47)])
+def test_ranks_get_equal_batch_counts_and_every_kept_example_exactly_once(packing, world_size):
+    examples = _examples([1 + (i * 5) % 11 for i in range(49)])  # 7 packed / 13 plain batches
     seen = Counter()
-    counts = []
+    counts, dropped = [], set()
     for rank in range(world_size):
         batches = make_batches(examples, batch_size=4, max_seq_len=12, pad_id=0, packing=packing, seed=3,
                                epoch=1, rank=rank, world_size=world_size)
         counts.append(len(batches))
+        dropped.add((batches.dropped_batches, batches.dropped_examples))
         for batch in batches:
             seen.update(ids[0] for _, _, ids in _row_documents(batch))
+    (n_dropped_batches, n_dropped_examples), = dropped  # every rank reports the same
+    total = len(make_batches(examples, batch_size=4, max_seq_len=12, pad_id=0, packing=packing, seed=3, epoch=1))
+    assert len(set(counts)) == 1  # equal counts: no rank waits at the epoch's end for a step the others skip
+    assert n_dropped_batches == total % world_size and sum(counts) == total - n_dropped_batches
+    assert set(seen.values()) == {1} and len(seen) == len(examples) - n_dropped_examples
+    assert set(seen) <= {10 + i for i in range(len(examples))}
+    if world_size == 1:
+        assert n_dropped_examples == 0
+    else:
+        assert n_dropped_batches == 1 and n_dropped_examples > 0  # the case that used to give counts n and n + 1
+
+
+def test_uneven_tail_is_kept_on_request_and_differs_by_epoch():
+    examples = _examples([1 + (i * 5) % 11 for i in range(49)])  # 7 packed batches over 3 ranks
+    options = dict(batch_size=4, max_seq_len=12, pad_id=0, world_size=3, seed=3)
+    kept = [make_batches(examples, rank=r, drop_uneven=False, **options) for r in range(3)]
+    seen = Counter(ids[0] for batches in kept for batch in batches for _, _, ids in _row_documents(batch))
     assert seen == Counter({10 + i: 1 for i in range(len(examples))})
-    assert max(counts) - min(counts) <= 1
+    assert max(map(len, kept)) - min(map(len, kept)) == 1 and all(b.dropped_batches == 0 for b in kept)
+
+    def left_out(epoch):
+        got = {ids[0] for r in range(3) for batch in make_batches(examples, rank=r, epoch=epoch, **options)
+               for _, _, ids in _row_documents(batch)}
+        return {10 + i for i in range(len(examples))} - got
+    assert left_out(0) != left_out(1)  # shuffled: a different tail is left out each epoch
+
+
+def test_too_few_batches_for_the_ranks_is_an_error():
+    with pytest.raises(DataError, match="fewer than world_size=4"):
+        make_batches(_examples([3, 3, 3]), batch_size=1, max_seq_len=4, pad_id=0, packing=False, world_size=4)
+    assert make_batches([], batch_size=1, max_seq_len=4, pad_id=0, world_size=4) == []
 
 
 def test_length_grouping_pads_little():

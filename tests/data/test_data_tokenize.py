@@ -72,7 +72,8 @@ def _llama_like_tokenizer(rstrip: bool) -> PhiTokenizer:
         vocab.setdefault(ch, len(vocab))
     merges = []
     # "▁"-words first, so "▁Hello" and a bare "Hello" both tokenize as one piece.
-    for word in ["▁Hello", "▁Hi", "▁Bye", "▁See", "▁you", "▁Be", "▁kind", "Hello", "See", "Hi", "Bye", "###"]:
+    words = ["▁Hello", "▁Hi", "▁Bye", "▁See", "▁you", "▁Be", "▁kind", "Hello", "See", "Hi", "Bye", "###"]
+    for word in words:
         for k in range(1, len(word)):
             if (word[:k], word[k]) not in merges:
                 merges.append((word[:k], word[k]))
