@@ -128,7 +128,7 @@ def save_checkpoint(output_dir: str | os.PathLike, *, model: torch.nn.Module, op
         "elapsed": state.elapsed,
         "best_eval_loss": state.best_eval_loss,
         "extra": state.extra,
-        "run_config": dict(run_config or {}),
+        "run_config": dict(run_config) if run_config is not None else None,
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,

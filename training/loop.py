@@ -100,6 +100,7 @@ class LoopSettings:
     keep_last: int = 3
     max_time_s: float | None = None
     adapter_config: dict = field(default_factory=dict)
+    run_config: dict | None = None  # stored in checkpoints; train.py's --resume must repeat it
 
 
 @dataclass
@@ -140,7 +141,7 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
         state.elapsed = elapsed_before + time.perf_counter() - started
         path = save_checkpoint(output_dir, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler,
                                state=state, rng=rng_state(), adapter_config=settings.adapter_config,
-                               keep_last=settings.keep_last)
+                               keep_last=settings.keep_last, run_config=settings.run_config)
         return str(path)
 
     def run_eval() -> dict | None:

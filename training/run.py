@@ -24,7 +24,7 @@ from training.checkpoint import (
     resolve_resume,
     state_from_payload,
 )
-from training.config import TrainConfig, dump_config, parse_config
+from training.config import TrainConfig, dump_config, flag_name, parse_config
 from training.errors import TrainingError
 from training.loop import LoopSettings, fit
 from training.optim import build_optimizer
@@ -42,6 +42,46 @@ DEFAULT_TARGETS = {
     "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
 }
+
+
+# Options a resume must repeat: they decide the model, the data and its batch order (epoch/batch_index
+# point into that list), the LoRA layers and the optimizer and schedule whose state the checkpoint holds.
+# Everything else may change on resume: run length (--max-steps, --epochs, --max-time), output,
+# evaluation and logging, and how the same computation runs (--device, --precision, --dtype,
+# --gradient-checkpointing, --pad-multiple, --loss-chunk, --eval-batch-size).
+RESUME_LOCKED = (
+    "model", "data", "tokenizer", "template", "limit", "val_fraction", "train_on_prompt", "max_seq_len", "packing",
+    "quantize", "batch_size", "grad_accum", "seed", "lr", "schedule", "warmup", "min_lr_ratio", "optimizer",
+    "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout",
+)
+
+
+def locked_config(cfg: TrainConfig, targets: list[str] | None = None) -> dict:
+    """The RESUME_LOCKED options of ``cfg`` (plus the resolved LoRA targets, once known)."""
+    out = {name: getattr(cfg, name) for name in RESUME_LOCKED}
+    if targets is not None:
+        out["targets"] = ",".join(targets)
+    return out
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def check_resume_config(checkpoint: Path, stored: dict | None, current: dict) -> None:
+    """Refuse a resume whose locked options differ from those the checkpoint was trained with."""
+    if stored is None:
+        say(f"note: {checkpoint} records no run options (older checkpoint); resuming without checking them")
+        return
+    differ = [f"{flag_name(name)} {_shown(value)} (checkpoint: {_shown(stored.get(name))})"
+              for name, value in current.items() if name in stored and stored[name] != value]
+    if differ:
+        raise TrainingError(f"--resume {checkpoint}: options differ from the run being resumed: {', '.join(differ)}; "
+                            f"resume with the checkpoint's values, or start a new run (--overwrite or another --output-dir)")
 
 
 def say(text: str) -> None:
@@ -149,10 +189,17 @@ def run(cfg: TrainConfig) -> int:
     out = prepare_output_dir(cfg)
     resume_from = resolve_resume(cfg.resume, out) if cfg.resume else None
 
+    payload = None
+    if resume_from is not None:  # check the options before the (slow) loading
+        payload = load_training_state(resume_from)
+        check_resume_config(resume_from, payload.get("run_config"), locked_config(cfg))
+
     seed_everything(cfg.seed)
     tokenizer, prepared, model = load_model_and_data(cfg, device, precision)
     say(str(prepared.report))
     targets, adapter_config = add_lora(cfg, model)
+    if payload is not None:  # --targets given or not, what counts is the resolved list
+        check_resume_config(resume_from, payload.get("run_config"), {"targets": ",".join(targets)})
     if cfg.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
     lora_core.print_trainable_parameters(model)
@@ -177,7 +224,7 @@ def run(cfg: TrainConfig) -> int:
     scaler = precision.make_scaler()
     state = TrainingState()
     if resume_from is not None:
-        state = restore(resume_from, model, optimizer, schedule, scaler)
+        state = restore(resume_from, payload, model, optimizer, schedule, scaler)
         say(f"resuming from {resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_index})")
 
     from lora_core import atomic_write
@@ -188,7 +235,8 @@ def run(cfg: TrainConfig) -> int:
     settings = LoopSettings(total_steps=total_steps, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm,
                             loss_chunk=cfg.loss_chunk, log_every=cfg.log_every, eval_every=cfg.eval_every,
                             eval_batches=cfg.eval_batches, save_every=cfg.save_every, keep_last=cfg.keep_last,
-                            max_time_s=cfg.max_time * 60 if cfg.max_time else None, adapter_config=adapter_config)
+                            max_time_s=cfg.max_time * 60 if cfg.max_time else None, adapter_config=adapter_config,
+                            run_config=locked_config(cfg, targets))
     metrics = MetricsLog(out, resume_step=state.step if resume_from is not None else None)
     progress = ProgressBar(total_steps, start_step=state.step)
     say(f"training {total_steps} steps on {device} in {precision.name}"
@@ -216,11 +264,10 @@ def run(cfg: TrainConfig) -> int:
     return 0
 
 
-def restore(checkpoint: Path, model, optimizer, schedule, scaler) -> TrainingState:
-    """Load a checkpoint's adapter, optimizer, schedule, scaler and RNG states; return its counters."""
+def restore(checkpoint: Path, payload: dict, model, optimizer, schedule, scaler) -> TrainingState:
+    """Load a checkpoint's adapter and its read state ``payload`` (optimizer, schedule, scaler, RNG); return its counters."""
     import lora_core
 
-    payload = load_training_state(checkpoint)
     lora_core.load_adapter(model, checkpoint / ADAPTER_FILE, strict=True)  # same targets and rank, or fail loudly
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])

@@ -191,3 +191,31 @@ def test_epochs_limit_counts_accumulation_windows(tmp_path):
     train = _records(out, "train")
     assert len(train) == -(-3 * windows // 2)  # ceil(1.5 epochs of windows)
     assert [r["epoch"] for r in train].count(0) == windows and train[-1]["epoch"] == 1
+
+
+def test_resume_refuses_changed_options_and_accepts_allowed_ones(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = ["--eval-every", "0", "--precision", "fp32", "--save-every", "2"]
+    assert _run(out, *common, "--max-steps", "2") == 0
+    stored = load_training_state(list_checkpoints(out)[-1])["run_config"]
+    assert stored["batch_size"] == 4 and stored["targets"] == "q_proj,k_proj,v_proj,dense,fc1,fc2"
+    capsys.readouterr()
+
+    # each locked option is named with both values; nothing is trained or written
+    assert _run(out, *common, "--max-steps", "4", "--resume", "latest", "--batch-size", "2", "--seed", "7",
+                "--no-packing") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "options differ from the run being resumed" in err
+    assert "--batch-size 2 (checkpoint: 4)" in err and "--seed 7 (checkpoint: 42)" in err
+    assert "--packing false (checkpoint: true)" in err
+    # the resolved target list counts, not how it was given
+    assert _run(out, *common, "--max-steps", "4", "--resume", "latest", "--targets", "q_proj,v_proj") == 2
+    assert "--targets q_proj,v_proj (checkpoint: q_proj,k_proj,v_proj,dense,fc1,fc2)" in capsys.readouterr().err
+    assert [r["step"] for r in _records(out, "train")] == [1, 2]
+
+    # run length, output, logging and evaluation may change: the run continues
+    assert _run(out, *common, "--max-steps", "4", "--resume", "latest", "--keep-last", "1", "--log-every", "2",
+                "--eval-batch-size", "4", "--targets", "q_proj,k_proj,v_proj,dense,fc1,fc2") == 0
+    assert "resuming from" in capsys.readouterr().out
+    assert [r["step"] for r in _records(out, "train")] == [1, 2, 4]
+    assert [p.name for p in list_checkpoints(out)] == ["step-000004"]
