@@ -41,8 +41,13 @@ class MergedLinear(LoRALayer, nn.Linear):
     lora_B (rows of the enabled slices, r), so loralib checkpoints load.
 
     `slice_sizes=(3072, 1024, 1024)` gives unequal slices (grouped-query attention); the default
-    None is loralib's equal split. Forward runs the low-rank path per enabled slice and never
-    builds the full delta-W.
+    None is loralib's equal split. Forward runs the low-rank path per enabled slice: x A^T once
+    (r*n_enabled wide), then each slice's rank-r group through its own B_g, joined by torch.cat
+    with zero blocks for disabled slices. It builds neither the full delta-W nor block_lora_B's
+    mostly-zero (out, r*n) matrix (merging only; one matmul with it does ~n_enabled times the
+    B-side FLOPs). LoRA-path forward+backward, in 3072 -> slices 3072/1024/1024, r 16, 1024 tokens,
+    2 CPU threads, block matrix -> per slice: fp32 20.9 -> 16.2 ms, bf16 5.8 -> 5.1 ms (all three
+    slices; q+v only: 16.8 -> 13.5, 5.1 -> 4.6 ms).
     """
 
     def __init__(self, in_features: int, out_features: int, r: int = 0, lora_alpha: int = 1,
@@ -139,8 +144,8 @@ class MergedLinear(LoRALayer, nn.Linear):
 
 def block_lora_B(layer, dtype=None) -> torch.Tensor:
     """lora_B laid out as an (out_features, r * n_enabled) block matrix: slice g's rows hold B_g in
-    columns [g*r, (g+1)*r) and zeros elsewhere; rows of disabled slices are zero. One matmul with
-    it applies every slice's own B_g to its own rank-r group (no full delta-W is built)."""
+    columns [g*r, (g+1)*r) and zeros elsewhere; rows of disabled slices are zero. Block @ lora_A
+    is the merged update; forward does not use it (see sliced_low_rank_output)."""
     lora_B = layer.lora_B if dtype is None else layer.lora_B.to(dtype)
     r = layer.r
     blocks = lora_B.new_zeros(layer.out_features, r * len(layer._enabled_spans))
@@ -152,8 +157,22 @@ def block_lora_B(layer, dtype=None) -> torch.Tensor:
 def sliced_low_rank_output(layer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Every enabled slice's scaling * x A_g^T B_g^T in its output rows (zeros elsewhere), in `dtype`."""
     lora_A = layer.lora_A.to(dtype)
+    lora_B = layer.lora_B.to(dtype)
     # One dropout mask over the shared input for all slices (loralib's MergedLinear); its 1/(1-p)
     # rides on the narrow (..., r*n) tensor with the scaling.
     dropped, keep_scale = dropout_unscaled(layer.lora_dropout, x.to(dtype))
     after_A = F.linear(dropped, lora_A) * (layer.scaling * keep_scale)  # (..., in) -> (..., r*n)
-    return F.linear(after_A, block_lora_B(layer, dtype))  # (..., r*n) -> (..., out)
+    # Each slice's rank-r group through its own B_g, joined by cat (no in-place slice writes, so
+    # autograd stays simple): fewer FLOPs than one matmul with the mostly-zero block matrix of
+    # block_lora_B, and faster at Phi sizes (see the MergedLinear docstring for timings).
+    groups = iter(after_A.split(layer.r, dim=-1))
+    b_rows = {out_start: b_start for out_start, _, b_start in layer._enabled_spans}
+    pieces, out_start = [], 0
+    for size, enabled in zip(layer.slice_sizes, layer.enable_lora):
+        if enabled:
+            b_start = b_rows[out_start]  # (..., r) -> (..., size) through this slice's own B_g
+            pieces.append(F.linear(next(groups), lora_B[b_start:b_start + size]))
+        else:
+            pieces.append(after_A.new_zeros(*after_A.shape[:-1], size))
+        out_start += size
+    return torch.cat(pieces, dim=-1) if len(pieces) > 1 else pieces[0]

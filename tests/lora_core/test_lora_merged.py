@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import lora_core as lora
+import lora_core.merged as lora_merged
 
 
 def _separate_from_fused(fused: lora.MergedLinear):
@@ -54,14 +55,17 @@ def test_gradients_match_separate_adapters():
     torch.testing.assert_close(fused.lora_B.grad, torch.cat([pieces[0].lora_B.grad, pieces[2].lora_B.grad]))
 
 
-def test_forward_never_builds_full_delta_weight(monkeypatch):
-    fused = lora.MergedLinear(16, 24, r=2, enable_lora=[True, True, True])
+@pytest.mark.parametrize("enable", [[True, True, True], [False, True, True]])
+def test_forward_never_builds_full_delta_weight(monkeypatch, enable):
+    fused = lora.MergedLinear(16, 24, r=2, enable_lora=enable, slice_sizes=(8, 8, 8))
 
-    def forbidden(self):
-        raise AssertionError("forward built the full delta-W")
+    def forbidden(*args):
+        raise AssertionError("forward built the full delta-W or the (out, r*n) block matrix")
     monkeypatch.setattr(lora.MergedLinear, "delta_weight", forbidden)
+    # Forward runs each slice through its own B_g; the mostly-zero block matrix is for merging only.
+    monkeypatch.setattr(lora_merged, "block_lora_B", forbidden)
     fused(torch.randn(3, 16)).sum().backward()
-    assert fused.lora_A.grad is not None
+    assert fused.lora_A.grad is not None and fused.lora_B.grad is not None
 
 
 def test_equal_split_default_matches_loralib_shapes():
