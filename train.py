@@ -4,9 +4,19 @@ Every option, its default and its help live in :class:`training.config.TrainConf
 ``python train.py --help`` lists them.
 """
 
+import os
+import signal
 import sys
 
-from training.run import main
+
+def _terminated_while_starting(signum, frame):
+    # Importing torch and the packages takes seconds; SIGTERM then would otherwise kill silently.
+    os.write(2, b"terminated by SIGTERM while starting; nothing to save\n")
+    raise SystemExit(143)
+
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminated_while_starting)
+    from training.run import main
+
     sys.exit(main())

@@ -32,6 +32,7 @@ from training.precision import Precision, base_dtype, resolve_device, resolve_pr
 from training.progress import METRICS_FILE, MetricsLog, ProgressBar, format_duration, peak_memory_mb
 from training.rng import seed_everything, set_rng_state
 from training.schedule import LRSchedule, warmup_steps_for
+from training.signals import Terminated, sigterm_exits
 
 CONFIG_FILE = "train_config.yaml"
 FINAL_ADAPTER = "adapter.safetensors"
@@ -325,11 +326,17 @@ def main(argv: list[str] | None = None) -> int:
     # The packages' own error classes carry messages written for the user: print them, no traceback.
     errors = (TrainingError, LoRAError, PhiModelError, HubError, DataError)
     try:
-        cfg = parse_config(argv)
-        return run(cfg)
+        # Installed before any loading: inside fit(), StopRequest takes SIGTERM over to checkpoint first.
+        with sigterm_exits():
+            cfg = parse_config(argv)
+            return run(cfg)
     except errors as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one while stopping
         print("interrupted", file=sys.stderr, flush=True)
         return 130
+    except Terminated as stop:
+        print("terminated by SIGTERM outside the training steps (while loading or finishing); "
+              "checkpoints already written are complete", file=sys.stderr, flush=True)
+        return stop.code

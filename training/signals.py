@@ -2,15 +2,41 @@
 
 The handler only records the signal; the loop checks :attr:`StopRequest.signal_name` after each
 optimizer step, so a checkpoint is never taken halfway through an accumulation window. A second
-SIGINT while stopping falls back to Python's KeyboardInterrupt.
+SIGINT while stopping falls back to Python's KeyboardInterrupt. Outside the loop (loading, the
+final save) :func:`sigterm_exits` turns SIGTERM into :class:`Terminated`, a clean exit 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Terminated(SystemExit):
+    """SIGTERM outside the training loop. A SystemExit, so even uncaught it exits 143 with no traceback."""
+
+    def __init__(self):
+        super().__init__(EXIT_CODES["SIGTERM"])
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_exits():
+    """While inside, SIGTERM raises :class:`Terminated` (the default action would kill with no message)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class StopRequest:

@@ -80,3 +80,37 @@ def test_sigkill_then_resume_completes(tmp_path):
     assert steps == list(range(1, target + 1))  # steps after the checkpoint were dropped and redone once
     assert (out / "adapter.safetensors").is_file()
     assert load_training_state(list_checkpoints(out)[-1])["step"] == target
+
+
+# data.prepare made to hang, so the SIGTERM surely lands while the run is still loading.
+_SLOW_LOADING = """
+import sys, time
+import data
+def hang(*args, **kwargs):
+    print("LOADING", flush=True)
+    time.sleep(60)
+data.prepare = hang
+from training.run import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_while_loading_exits_143_with_one_line(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_LOADING, *ARGS, "--output-dir", str(out)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "LOADING"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert stderr.count("\n") == 1 and "terminated by SIGTERM" in stderr and "Traceback" not in stderr
+    assert list_checkpoints(out) == []
+
+
+def test_sigterm_while_importing_exits_143_with_one_line(tmp_path):
+    proc = _start(tmp_path / "run", "--max-steps", "400")
+    time.sleep(0.3)  # train.py is importing torch and the packages by now
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert "SIGTERM" in stderr and "Traceback" not in stderr
