@@ -46,8 +46,8 @@ class MergedLinear(LoRALayer, nn.Linear):
     with zero blocks for disabled slices. It builds neither the full delta-W nor block_lora_B's
     mostly-zero (out, r*n) matrix (merging only; one matmul with it does ~n_enabled times the
     B-side FLOPs). LoRA-path forward+backward, in 3072 -> slices 3072/1024/1024, r 16, 1024 tokens,
-    2 CPU threads, block matrix -> per slice: fp32 20.9 -> 16.2 ms, bf16 5.8 -> 5.1 ms (all three
-    slices; q+v only: 16.8 -> 13.5, 5.1 -> 4.6 ms).
+    2 CPU threads, median, block matrix -> per slice: fp32 20.4 -> 16.5 ms (q+v only 16.5 -> 13.9),
+    bf16 5.2 -> 5.1 ms (q+v 4.4 -> 4.4): faster in fp32, a tie in bf16.
     """
 
     def __init__(self, in_features: int, out_features: int, r: int = 0, lora_alpha: int = 1,
