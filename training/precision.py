@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from phi_models import parse_dtype  # one table of dtype names, shared with the model loader
 from training.errors import TrainingError
-
-_COMPUTE_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,7 +52,7 @@ class Precision:
     @property
     def compute_dtype(self) -> torch.dtype:
         """dtype matmuls run in."""
-        return _COMPUTE_DTYPES[self.name]
+        return parse_dtype(self.name)
 
     def autocast(self):
         """Context for forward passes: autocast for bf16/fp16, nothing for fp32."""
@@ -76,9 +75,7 @@ def base_dtype(dtype: str, precision: Precision) -> torch.dtype:
     gradients only flow through the fp32 LoRA factors. A 4-bit base takes the compute dtype for
     its non-quantized parts too.
     """
-    if dtype != "auto":
-        chosen = _COMPUTE_DTYPES[dtype]
-        if chosen == torch.float16 and precision.device.type != "cuda":
-            raise TrainingError("--dtype fp16 is only supported on CUDA; on CPU use --dtype bf16 or fp32")
-        return chosen
-    return precision.compute_dtype
+    chosen = parse_dtype(dtype, default=precision.compute_dtype)  # "auto" -> the compute dtype
+    if dtype != "auto" and chosen == torch.float16 and precision.device.type != "cuda":
+        raise TrainingError("--dtype fp16 is only supported on CUDA; on CPU use --dtype bf16 or fp32")
+    return chosen
