@@ -13,7 +13,7 @@ import logging as _logging
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
 from .adapter_io import load_adapter, read_adapter, save_adapter
-from .atomic import atomic_write
+from .atomic import atomic_write, fsync_dir
 from .base import LoRALayer
 from .errors import BiasModeError, LoRAError
 from .inject import inject, make_matcher, virtual_slice_name
@@ -29,6 +29,6 @@ __all__ = [
     "InjectedConv1d", "InjectedConv2d", "InjectedConv3d",
     "mark_only_lora_as_trainable", "lora_state_dict", "trainable_parameters", "print_trainable_parameters",
     "parameter_count", "inject", "make_matcher", "virtual_slice_name", "merge", "unmerge", "disable_adapters",
-    "merge_and_unload", "lora_layers", "save_adapter", "load_adapter", "read_adapter", "atomic_write",
+    "merge_and_unload", "lora_layers", "save_adapter", "load_adapter", "read_adapter", "atomic_write", "fsync_dir",
     "LoRAError", "BiasModeError",
 ]

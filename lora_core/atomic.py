@@ -21,8 +21,11 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: str) -> None:
-    # Makes the rename itself durable; Windows cannot open a folder for fsync, so skip there.
+def fsync_dir(folder) -> None:
+    """Flush a folder's entries (renames, new files) to disk, so a rename itself is durable.
+
+    A no-op where folders cannot be opened for fsync (Windows).
+    """
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -57,4 +60,4 @@ def atomic_write(path: PathLike, write_fn: Callable[[str], None]) -> None:
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)

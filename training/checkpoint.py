@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from lora_core import fsync_dir
 from training.errors import TrainingError
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -63,20 +64,6 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def _fsync_dir(path: Path) -> None:
-    """Flush a directory's entries (renames, new files) to disk; a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _is_complete(path: Path) -> bool:
     return (path / STATE_FILE).is_file() and (path / ADAPTER_FILE).is_file()
 
@@ -100,7 +87,7 @@ def clean_leftovers(output_dir: str | os.PathLike) -> None:
             os.replace(child, final)
         else:
             shutil.rmtree(child, ignore_errors=True)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def save_checkpoint(output_dir: str | os.PathLike, *, model: torch.nn.Module, optimizer, schedule, scaler,
@@ -137,13 +124,13 @@ def save_checkpoint(output_dir: str | os.PathLike, *, model: torch.nn.Module, op
     try:
         save_adapter(model, tmp / ADAPTER_FILE, config=adapter_config)  # each file fsynced by atomic_write
         atomic_write(tmp / STATE_FILE, lambda path: torch.save(payload, path))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         # The same step saved again (e.g. interrupted right after a save): never delete the old copy
         # before the new one is in place, or a kill in between would leave no checkpoint of this step.
         if final.exists():
             os.replace(final, aside)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -158,7 +145,7 @@ def prune_checkpoints(output_dir: str | os.PathLike, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` complete checkpoints."""
     for old in list_checkpoints(output_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(checkpoint_root(output_dir))
+    fsync_dir(checkpoint_root(output_dir))
 
 
 def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path:
