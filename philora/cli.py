@@ -1,0 +1,50 @@
+"""The ``philora`` command line: a dispatcher over the subcommand modules in ``philora/commands``.
+
+Subcommand modules are imported only when chosen, so ``philora --help`` is quick and a subcommand's
+optional dependencies (a server, plotting) are needed only by that subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). A module defines add_arguments(parser) + run(args) -> int,
+# or main(argv) -> int when it parses its own arguments (train reuses TrainConfig's parser).
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("philora.commands.train", "fine-tune a Phi model with LoRA/QLoRA (same options as python train.py)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: one sub-parser per command, without importing the command modules."""
+    parser = argparse.ArgumentParser(
+        prog="philora",
+        description="LoRA and QLoRA fine-tuning of Microsoft's Phi models; `philora SUB --help` for each command.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        subparsers.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``philora``: pick the subcommand, let its module parse the rest, return its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if not argv or argv[0] in ("-h", "--help"):
+            parser.print_help()
+            return 0 if argv else 2
+        valid = ", ".join(COMMANDS)
+        print(f"philora: error: unknown command {argv[0]!r}; choose one of: {valid}", file=sys.stderr)
+        return 2
+    name, rest = argv[0], argv[1:]
+    module = importlib.import_module(COMMANDS[name][0])
+    if hasattr(module, "main"):
+        return module.main(rest)
+    parser = argparse.ArgumentParser(prog=f"philora {name}", description=COMMANDS[name][1],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    module.add_arguments(parser)
+    return module.run(parser.parse_args(rest))
