@@ -95,6 +95,8 @@ class TrainConfig:
     gradient_checkpointing: bool = _opt(False, "recompute layer activations in backward to save memory", kind=bool, group="hw")
     pad_multiple: int = _opt(64, "right-pad batches to a multiple of this many tokens (bounds per-shape kernel memory; 1: off)", kind=int, group="hw")
     loss_chunk: int = _opt(256, "target tokens per lm_head chunk in the loss (bounds the logits memory to chunk x vocab floats)", kind=int, group="hw")
+    fsdp: bool = _opt(False, "under torchrun: shard the base and the LoRA weights over the processes (FSDP2) instead of a whole copy per process", kind=bool, group="hw")
+    dist_timeout: float = _opt(1800.0, "under torchrun: seconds a process waits for the others in a collective before stopping with an error", kind=float, group="hw")
 
 
 # What `python train.py` with no arguments (or --demo) runs: LoRA on the tiny random-init model

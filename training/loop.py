@@ -118,14 +118,18 @@ class FitResult:
 def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], val_batches: list[dict],
         optimizer, schedule, scaler, precision: Precision, settings: LoopSettings, state: TrainingState,
         output_dir: str, metrics: MetricsLog, progress: ProgressBar,
-        last_checkpoint: str | None = None) -> FitResult:
+        last_checkpoint: str | None = None, parallel=None) -> FitResult:
     """Train until ``settings.total_steps`` optimizer steps (or a time limit or a signal).
 
     ``epoch_batches(e)`` returns epoch ``e``'s micro-batches (deterministic, so a resumed run
     continues at ``state.epoch``/``state.batch_index``). A non-finite loss stops the run before
     the optimizer touches the weights, with a TrainingError naming the step; checkpoints already
-    written stay.
+    written stay. ``parallel`` (a ``training.distributed.Distributed`` under torchrun) supplies the
+    all-rank versions of the window, evaluation and checkpoint, and makes the ranks stop together.
     """
+    accumulate = parallel.accumulate_window if parallel else accumulate_window
+    run_evaluate = parallel.evaluate if parallel else evaluate
+    write_checkpoint = parallel.save_checkpoint if parallel else save_checkpoint
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     started = time.perf_counter()
@@ -139,16 +143,16 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
 
     def save() -> str:
         state.elapsed = elapsed_before + time.perf_counter() - started
-        path = save_checkpoint(output_dir, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler,
-                               state=state, rng=rng_state(), adapter_config=settings.adapter_config,
-                               keep_last=settings.keep_last, run_config=settings.run_config)
+        path = write_checkpoint(output_dir, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler,
+                                state=state, rng=rng_state(), adapter_config=settings.adapter_config,
+                                keep_last=settings.keep_last, run_config=settings.run_config)
         return str(path)
 
     def run_eval() -> dict | None:
         if not val_batches:
             return None  # no validation split (--val-fraction 0 and none in the source)
-        result = evaluate(model, val_batches, precision=precision, chunk=settings.loss_chunk,
-                          max_batches=settings.eval_batches)
+        result = run_evaluate(model, val_batches, precision=precision, chunk=settings.loss_chunk,
+                              max_batches=settings.eval_batches)
         if state.best_eval_loss is None or result["loss"] < state.best_eval_loss:
             state.best_eval_loss = result["loss"]
         metrics.write({"kind": "eval", "step": state.step, "loss": result["loss"], "ppl": result["ppl"],
@@ -170,8 +174,8 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
                 continue
             window = [to_device(b, precision.device) for b in batches[state.batch_index:state.batch_index + settings.grad_accum]]
             lr = schedule.get_last_lr()
-            loss, window_tokens = accumulate_window(model, window, precision=precision, scaler=scaler,
-                                                    chunk=settings.loss_chunk)
+            loss, window_tokens = accumulate(model, window, precision=precision, scaler=scaler,
+                                             chunk=settings.loss_chunk)
             if not math.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
                 where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint had been saved yet"
@@ -182,7 +186,7 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
             state.step += 1
             state.batch_index += len(window)
             state.tokens_seen += window_tokens
-            window_input = sum(int(b["attention_mask"].sum()) for b in window)
+            window_input = parallel.window_input_tokens if parallel else sum(int(b["attention_mask"].sum()) for b in window)
             input_tokens += window_input
             tokens_since_log += window_input
 
@@ -197,8 +201,11 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
             if settings.eval_every and state.step % settings.eval_every == 0 and state.step < settings.total_steps:
                 last_eval = run_eval()
             time_up = settings.max_time_s is not None and elapsed_before + (now - started) >= settings.max_time_s
-            if stop.signal_name or time_up:
-                stopped_by = stop.signal_name or "time"
+            signal_name = stop.signal_name
+            if parallel:  # every rank stops after the same step
+                signal_name, time_up = parallel.agree_on_stop(signal_name, time_up)
+            if signal_name or time_up:
+                stopped_by = signal_name or "time"
                 break
             if settings.save_every and state.step % settings.save_every == 0 and state.step < settings.total_steps:
                 last_checkpoint = save()

@@ -25,11 +25,12 @@ from training.checkpoint import (
     state_from_payload,
 )
 from training.config import TrainConfig, dump_config, flag_name, parse_config
+from training.distributed import Distributed, open_distributed
 from training.errors import TrainingError
 from training.loop import LoopSettings, fit
 from training.optim import build_optimizer
 from training.precision import Precision, base_dtype, resolve_device, resolve_precision
-from training.progress import METRICS_FILE, MetricsLog, ProgressBar, format_duration, peak_memory_mb
+from training.progress import METRICS_FILE, format_duration, peak_memory_mb
 from training.rng import seed_everything, set_rng_state
 from training.schedule import LRSchedule, warmup_steps_for
 from training.signals import Terminated, sigterm_exits
@@ -178,22 +179,26 @@ def plan_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     return max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
 
-def run(cfg: TrainConfig) -> int:
-    """Train as ``cfg`` says; returns the process exit code (0, or 130/143 after SIGINT/SIGTERM)."""
+def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
+    """Train as ``cfg`` says; returns the process exit code (0, or 130/143 after SIGINT/SIGTERM).
+
+    ``dist`` is this process's place in a torchrun launch (default: a single process).
+    """
     import data
     import lora_core
 
-    device = resolve_device(cfg.device)
+    dist = dist or Distributed()
+    device = dist.device or resolve_device(cfg.device)
     precision = Precision(resolve_precision(cfg.precision, device), device)
     if cfg.output_dir is None:
         cfg.output_dir = default_output_dir(cfg)
-    out = prepare_output_dir(cfg)
-    resume_from = resolve_resume(cfg.resume, out) if cfg.resume else None
+    out = dist.run_on_main(lambda: prepare_output_dir(cfg))
+    resume_from = dist.run_on_main(lambda: resolve_resume(cfg.resume, out)) if cfg.resume else None
 
     payload = None
     if resume_from is not None:  # check the options before the (slow) loading
         payload = load_training_state(resume_from)
-        check_resume_config(resume_from, payload.get("run_config"), locked_config(cfg))
+        check_resume_config(resume_from, *dist.resume_view(payload, locked_config(cfg)))
 
     seed_everything(cfg.seed)
     tokenizer, prepared, model = load_model_and_data(cfg, device, precision)
@@ -210,13 +215,15 @@ def run(cfg: TrainConfig) -> int:
     def epoch_batches(epoch: int) -> list[dict]:
         return data.make_batches(prepared.train, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
                                  pad_id=pad_id, packing=cfg.packing, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                 pad_to_multiple=cfg.pad_multiple)
+                                 pad_to_multiple=cfg.pad_multiple, rank=dist.rank, world_size=dist.world_size)
 
     val_batches = data.make_batches(prepared.val, batch_size=cfg.eval_batch_size, max_seq_len=cfg.max_seq_len,
                                     pad_id=pad_id, packing=cfg.packing, shuffle=False, seed=cfg.seed, epoch=0,
-                                    pad_to_multiple=cfg.pad_multiple)
+                                    pad_to_multiple=cfg.pad_multiple, rank=dist.rank, world_size=dist.world_size,
+                                    drop_uneven=False)
     first_epoch = epoch_batches(0)
     total_steps = plan_steps(cfg, len(first_epoch))
+    model = dist.prepare_model(model, seed=cfg.seed)  # DDP or FSDP2 under torchrun
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
@@ -225,30 +232,31 @@ def run(cfg: TrainConfig) -> int:
     scaler = precision.make_scaler()
     state = TrainingState()
     if resume_from is not None:
-        state = restore(resume_from, payload, model, optimizer, schedule, scaler)
+        state = restore(resume_from, payload, model, optimizer, schedule, scaler, dist=dist, seed=cfg.seed)
         say(f"resuming from {resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_index})")
 
     from lora_core import atomic_write
     resolved = dump_config(cfg, extra={"precision": precision.name, "device": str(device), "targets": ",".join(targets),
-                                       "total_steps": total_steps})
-    atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(resolved, encoding="utf-8"))
+                                       "total_steps": total_steps, "processes": dist.world_size})
+    if dist.is_main:
+        atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(resolved, encoding="utf-8"))
 
     settings = LoopSettings(total_steps=total_steps, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm,
                             loss_chunk=cfg.loss_chunk, log_every=cfg.log_every, eval_every=cfg.eval_every,
                             eval_batches=cfg.eval_batches, save_every=cfg.save_every, keep_last=cfg.keep_last,
                             max_time_s=cfg.max_time * 60 if cfg.max_time else None, adapter_config=adapter_config,
                             run_config=locked_config(cfg, targets))
-    metrics = MetricsLog(out, resume_step=state.step if resume_from is not None else None)
-    progress = ProgressBar(total_steps, start_step=state.step)
+    metrics = dist.metrics_log(out, resume_step=state.step if resume_from is not None else None)
+    progress = dist.progress_bar(total_steps, start_step=state.step)
     say(f"training {total_steps} steps on {device} in {precision.name}"
         f"{' with a 4-bit ' + cfg.quantize + ' base' if cfg.quantize != 'none' else ''}: "
-        f"{len(first_epoch)} batches/epoch, batch {cfg.batch_size} x accum {cfg.grad_accum}, lr {cfg.lr:g} ({cfg.schedule})")
+        f"{len(first_epoch)} batches/epoch{dist.describe()}, batch {cfg.batch_size} x accum {cfg.grad_accum}, lr {cfg.lr:g} ({cfg.schedule})")
     existing = list_checkpoints(out)
     try:
         result = fit(model, epoch_batches=lambda e: first_epoch if e == 0 else epoch_batches(e), val_batches=val_batches,
                      optimizer=optimizer, schedule=schedule, scaler=scaler, precision=precision, settings=settings,
                      state=state, output_dir=str(out), metrics=metrics, progress=progress,
-                     last_checkpoint=str(existing[-1]) if existing else None)
+                     last_checkpoint=str(existing[-1]) if existing else None, parallel=dist if dist.active else None)
     finally:
         metrics.close()
 
@@ -258,24 +266,33 @@ def run(cfg: TrainConfig) -> int:
         return 130 if result.stopped_by == "SIGINT" else 143
 
     adapter_path = out / FINAL_ADAPTER
-    lora_core.save_adapter(model, adapter_path, config=adapter_config)
+    with dist.gathered_lora(model) as writes:  # FSDP: the shards joined; only rank 0 writes
+        if writes:
+            lora_core.save_adapter(model, adapter_path, config=adapter_config)
+    dist.barrier()
     print_summary(result, adapter_path, device)
     if cfg.sample_tokens:
         print_sample(cfg, model, tokenizer, prepared, precision)
     return 0
 
 
-def restore(checkpoint: Path, payload: dict, model, optimizer, schedule, scaler) -> TrainingState:
-    """Load a checkpoint's adapter and its read state ``payload`` (optimizer, schedule, scaler, RNG); return its counters."""
-    import lora_core
+def restore(checkpoint: Path, payload: dict, model, optimizer, schedule, scaler, *, dist: Distributed | None = None,
+            seed: int = 0) -> TrainingState:
+    """Load a checkpoint's adapter and its read state ``payload`` (optimizer, schedule, scaler, RNG); return its counters.
 
-    lora_core.load_adapter(model, checkpoint / ADAPTER_FILE, strict=True)  # same targets and rank, or fail loudly
-    optimizer.load_state_dict(payload["optimizer"])
+    Under torchrun each rank takes its own RNG states and its share of the data position.
+    """
+    dist = dist or Distributed()
+    dist.load_adapter(model, checkpoint / ADAPTER_FILE)  # strict: same targets and rank, or fail loudly
+    optimizer.load_state_dict(dist.optimizer_state_to_load(payload["optimizer"], optimizer))
     schedule.load_state_dict(payload["schedule"])
     if scaler is not None and payload["scaler"] is not None:
         scaler.load_state_dict(payload["scaler"])
-    set_rng_state(payload["rng"])
-    return state_from_payload(payload)
+    state = state_from_payload(payload)
+    rng = dist.resume_rank(payload, state, seed=seed)
+    if rng is not None:
+        set_rng_state(rng)
+    return state
 
 
 def print_summary(result, adapter_path: Path, device: torch.device) -> None:
@@ -329,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
         # Installed before any loading: inside fit(), StopRequest takes SIGTERM over to checkpoint first.
         with sigterm_exits():
             cfg = parse_config(argv)
-            return run(cfg)
+            with open_distributed(cfg) as dist:  # a single process unless started by torchrun
+                return run(cfg, dist)
     except errors as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
