@@ -19,4 +19,7 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _terminated_while_starting)
     from training.run import main
 
-    sys.exit(main())
+    code = main()
+    # Exiting already: a late SIGTERM (torchrun stopping the other ranks) must not raise in atexit callbacks.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)

@@ -27,6 +27,7 @@ import contextlib
 import datetime
 import math
 import os
+import re
 import sys
 import types
 from dataclasses import dataclass, field
@@ -114,7 +115,7 @@ class Distributed:
 
     # ---- the model ------------------------------------------------------------------------
 
-    def prepare_model(self, model: nn.Module, *, seed: int) -> nn.Module:
+    def prepare_model(self, model: nn.Module, *, seed: int, precision: str = "fp32") -> nn.Module:
         """Wrap ``model`` (LoRA injected, base frozen) for this run; returns the model to train.
 
         FSDP2 shards every decoder layer and the rest (embeddings, final norm, head) in place;
@@ -124,6 +125,10 @@ class Distributed:
         """
         if not self.active:
             return model
+        if self.fsdp and precision == "fp16":
+            # GradScaler's inf check would see only this rank's gradient shards, and ranks could disagree on skipping.
+            raise TrainingError("--fsdp with fp16: the grad scaler does not work on sharded gradients; "
+                                "use --precision bf16 or fp32, or drop --fsdp")
         if self.fsdp:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
@@ -417,6 +422,13 @@ def _collective_failure(err: BaseException) -> bool:
                                   "NCCL", "ProcessGroup", "Broken pipe"))
 
 
+def _first_sentence(err: BaseException) -> str:
+    """The gist of a backend error: its first sentence, without the C++ source location in front."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    text = re.sub(r"^(\[[^\]]*\]\s*)+", "", text)  # "[/.../gloo/transport/tcp/pair.cc:553] Connection closed ..."
+    return text.split(". ")[0][:160]
+
+
 @contextlib.contextmanager
 def open_distributed(cfg):
     """The run's :class:`Distributed`: the process group from torchrun's environment, or a single process.
@@ -467,7 +479,7 @@ def open_distributed(cfg):
         from phi_models import HubError, PhiModelError
 
         if _collective_failure(err):
-            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            first = _first_sentence(err)
             raise TrainingError(
                 f"rank {rank}: lost the other training processes (one died, or did not answer within --dist-timeout "
                 f"{cfg.dist_timeout:g} s): {first}; checkpoints already written are complete, continue with "

@@ -223,7 +223,7 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
                                     drop_uneven=False)
     first_epoch = epoch_batches(0)
     total_steps = plan_steps(cfg, len(first_epoch))
-    model = dist.prepare_model(model, seed=cfg.seed)  # DDP or FSDP2 under torchrun
+    model = dist.prepare_model(model, seed=cfg.seed, precision=precision.name)  # DDP or FSDP2 under torchrun
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(params, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
