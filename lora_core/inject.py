@@ -182,6 +182,7 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
             dropout = _add_named(module, chosen, adapter_name, options, use_rslora, lora_dtype)
         if isinstance(dropout, LoRADropout):
             dropout.fast_mask = fast_dropout
+        dropout.train(module.training)  # a model already in eval() must not start dropping out
         if chosen:
             adapted.extend(virtual_slice_name(name, s) for s in chosen)
         else:
