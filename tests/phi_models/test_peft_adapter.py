@@ -231,8 +231,8 @@ def test_refusals_name_the_key_or_option(saved_hf, tmp_path):
     from safetensors.torch import load_file
     tensors = load_file(tmp_path / "good" / "adapter_model.safetensors")
     cases = [
-        (dict(config, peft_type="IA3"), tensors, "peft_type 'IA3'"),
-        (dict(config, use_qalora=True), tensors, "use_qalora"),
+        (dict(config, peft_type="IA3"), tensors, "peft_type='IA3'"),
+        (dict(config, use_qalora=True), tensors, "use_qalora=True"),
         (dict(config, init_lora_weights="pissa"), tensors, "init_lora_weights='pissa'"),
         (dict(config, target_modules=["q_proj", "query_key_value"]), tensors, "'query_key_value' does not exist"),
         (dict(config, modules_to_save=["score"]), dict(tensors, **{"base_model.model.score.weight": torch.zeros(2, 80)}),

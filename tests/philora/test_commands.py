@@ -83,7 +83,7 @@ def test_merge_bf16_and_unsupported_peft_option(tiny_run, tmp_path, capsys):
     config = json.loads((tiny_run / "peft" / "adapter_config.json").read_text())
     (bad / "adapter_config.json").write_text(json.dumps(dict(config, layer_replication=[[0, 2], [1, 3]])))
     assert main(["merge", "tiny", "--adapter", str(bad), "--out", str(tmp_path / "m2")]) == 2
-    assert "option layer_replication=[[0, 2], [1, 3]] is not supported" in _one_line_error(capsys)
+    assert "layer_replication=[[0, 2], [1, 3]] (layer replication) is not supported" in _one_line_error(capsys)
 
 
 def test_train_continues_an_imported_peft_adapter(tiny_run, tmp_path):
