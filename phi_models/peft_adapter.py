@@ -2,8 +2,8 @@
 
 The files are read and written by ``lora_core.peft_files`` (config checks, PEFT keys <-> per-module parts);
 the Phi name and tensor mapping lives in ``peft_keys`` (pure functions); this module adds the Phi-specific
-checks, plans our LoRA layers, creates them with one ``lora_core.inject`` call and moves the tensors. What cannot be represented exactly is refused
-with a PhiModelError naming the key or option, never ignored.
+checks, plans our LoRA layers, creates them with one ``lora_core.inject`` call and moves the tensors.
+What cannot be represented exactly is refused with a PhiModelError naming the key or option, never ignored.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ def check_phi_peft_config(config: dict, model: nn.Module, source: str) -> None:
                             f"(out, in), so the adapter was not made for a Phi model")
     init = config.get("init_lora_weights")
     if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
-        raise PhiModelError(f"{source}: init_lora_weights={init!r} also changes the base weights; convert the adapter "
-                            f"to plain LoRA with PEFT first (save_pretrained(path_initial_model_for_weight_conversion=...))")
+        raise PhiModelError(f"{source}: init_lora_weights={init!r} also changes the base weights; convert the "
+                            f"adapter to plain LoRA with PEFT first "
+                            f"(save_pretrained(path_initial_model_for_weight_conversion=...))")
     if config.get("bias", "none") not in (None, "none"):
         raise PhiModelError(f"{source}: bias={config['bias']!r} (trained biases) is not supported; only bias='none'")
     _check_targets(config.get("target_modules"), model, source)
@@ -261,7 +262,8 @@ def _plan_modules_to_save(model, config, others, source) -> dict[str, torch.Tens
         return {}
     if not wanted:
         key = next(iter(others))
-        raise PhiModelError(f"{source}: unexpected tensor {PEFT_PREFIX}{key!r} (not LoRA, and modules_to_save is empty)")
+        raise PhiModelError(f"{source}: unexpected tensor {PEFT_PREFIX}{key!r} "
+                            f"(not LoRA, and modules_to_save is empty)")
     own = dict(model.named_parameters())
     out = {}
     for key, value in others.items():

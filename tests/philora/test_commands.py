@@ -52,7 +52,8 @@ def test_not_a_run_is_one_line_exit_2(tmp_path):
 def test_export_writes_peft_dir_equal_to_the_runs(tiny_run, tmp_path, capsys):
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "peft")]) == 0
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "tiny" and config["target_modules"] == ["dense", "fc1", "q_proj", "v_proj"]
+    assert config["base_model_name_or_path"] == "tiny"
+    assert config["target_modules"] == ["dense", "fc1", "q_proj", "v_proj"]
     assert (tmp_path / "peft" / "adapter_model.safetensors").read_bytes() == (
         tiny_run / "peft" / "adapter_model.safetensors").read_bytes()
     # an existing, non-empty --out is never overwritten
@@ -89,7 +90,8 @@ def test_merge_bf16_and_unsupported_peft_option(tiny_run, tmp_path, capsys):
 def test_train_continues_an_imported_peft_adapter(tiny_run, tmp_path):
     out = tmp_path / "continued"
     args = [a for a in TRAIN_ARGS if a != "q_proj,v_proj,dense,fc1" and a != "--targets"]
-    assert main(["train", *args, "--max-steps", "1", "--adapter", str(tiny_run / "peft"), "--output-dir", str(out)]) == 0
+    adapter = str(tiny_run / "peft")
+    assert main(["train", *args, "--max-steps", "1", "--adapter", adapter, "--output-dir", str(out)]) == 0
     start = lora_core.read_adapter(tiny_run / "adapter.safetensors")[0]
     after = lora_core.read_adapter(out / "adapter.safetensors")[0]
     assert start.keys() == after.keys()  # the imported layout, not the default targets
