@@ -9,7 +9,7 @@ from .conversation import Conversation
 from .errors import DataError
 from .report import DatasetReport
 from .sources import load_source
-from .templates import check_template, default_template, render
+from .templates import check_template, default_template, describe_template, render
 from .tokenize import Example, tokenize_many
 
 
@@ -43,7 +43,10 @@ def _tokenize_all(conversations, tokenizer, template, max_seq_len, train_on_prom
             wanted.append(conversation)
         else:
             report.skipped["no assistant turn"] += 1
-    results = tokenize_many([render(c, template) for c in wanted], tokenizer,
+    dropped: list[str] = []
+    rendered = [render(c, template, tokenizer, dropped) for c in wanted]
+    report.dropped_by_template.update(dropped)
+    results = tokenize_many(rendered, tokenizer,
                             max_seq_len=max_seq_len, train_on_prompt=train_on_prompt)
     examples = []
     for result in results:
@@ -77,7 +80,11 @@ def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int 
     if limit is not None and limit < 1:
         raise DataError(f"limit={limit} must be a positive number of examples or None")
     data = load_source(source, **source_options)
-    template = check_template(template) if template else default_template(data.kind, tokenizer.chat_format)
+    shipped = getattr(tokenizer, "chat_template", None)
+    if template:
+        template = check_template(template)
+    else:
+        template = default_template(data.kind, tokenizer.chat_format, shipped is not None)
     if data.val is not None:
         train_conv, val_conv = data.train, data.val
     else:
@@ -85,6 +92,7 @@ def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int 
     if limit is not None:
         train_conv, val_conv = train_conv[:limit], val_conv[:limit]
     report = DatasetReport(source=data.name, template=template, max_seq_len=max_seq_len,
+                           template_origin=describe_template(template, tokenizer), shape=data.kind,
                            records=data.records, filtered=data.filtered)
     train = _tokenize_all(train_conv, tokenizer, template, max_seq_len, train_on_prompt, report)
     val = _tokenize_all(val_conv, tokenizer, template, max_seq_len, train_on_prompt, report)
