@@ -63,7 +63,7 @@ def _tokenize_all(conversations, tokenizer, template, max_seq_len, train_on_prom
 
 def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int = 1024,
             train_on_prompt: bool = False, val_fraction: float = 0.05, seed: int = 0,
-            limit: int | None = None, **source_options) -> PreparedData:
+            limit: int | None = None, eval_data: str | None = None, **source_options) -> PreparedData:
     """Load ``source``, render it with ``template`` (default: the model's chat format, or
     the usual base-model format for that dataset), tokenize with loss masks, and split.
 
@@ -71,6 +71,8 @@ def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int 
     ``tokenizer`` a ``phi_models.PhiTokenizer`` (or a name for ``phi_models.load_tokenizer``).
     The source's own validation split is used when it has one, else ``val_fraction`` of
     train is held out (seeded). ``limit`` caps the number of conversations per split.
+    ``eval_data`` is a separate source (same kinds, same ``shape``/``columns``) used as the validation
+    split instead. ``source_options``: ``shape``, ``columns``, ``split``, ``subset``, ``revision``, ...
     """
     if isinstance(tokenizer, str):
         from phi_models import load_tokenizer
@@ -85,7 +87,10 @@ def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int 
         template = check_template(template)
     else:
         template = default_template(data.kind, tokenizer.chat_format, shipped is not None)
-    if data.val is not None:
+    if eval_data is not None:
+        shared = {k: v for k, v in source_options.items() if k in ("shape", "columns")}
+        train_conv, val_conv = data.train, load_source(eval_data, **shared).train
+    elif data.val is not None:
         train_conv, val_conv = data.train, data.val
     else:
         train_conv, val_conv = _split(data.train, val_fraction, seed)

@@ -91,6 +91,14 @@ def _render_alpaca(messages, origin: str) -> list[Segment]:
     return [Segment(prompt, False), Segment(reply.content, _target(reply))]
 
 
+def _render_alpaca_record(conversation: Conversation) -> list[Segment]:
+    # An Alpaca record with an input: the user turn joins instruction and input; the template splits them again.
+    meta, reply = conversation.meta, conversation.messages[-1]
+    prompt = (f"{ALPACA_PREAMBLE_INPUT}### Instruction:\n{meta['instruction']}\n\n### Input:\n{meta['input']}"
+              f"\n\n### Response:\n")
+    return [Segment(prompt, False), Segment(reply.content, _target(reply))]
+
+
 def _render_instruction(messages, origin: str) -> list[Segment]:
     system, user, reply = _single_turn(messages, "instruction", origin)
     if system is not None:
@@ -169,6 +177,8 @@ def render(conversation: Conversation, template: str, tokenizer=None, dropped: l
         if dropped is not None:
             dropped.extend(rendering.dropped_roles)
         return rendering.segments
+    if template == "alpaca" and conversation.meta.get("shape") == "alpaca" and conversation.meta.get("input"):
+        return _render_alpaca_record(conversation)
     if template in BASE_TEMPLATES:
         return BASE_TEMPLATES[template](conversation.messages, conversation.origin)
     messages = [{"role": m.role, "content": m.content} for m in conversation.messages]
