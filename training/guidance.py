@@ -42,6 +42,10 @@ class OneLineArgumentParser(argparse.ArgumentParser):
             flags = [arg.split("=", 1)[0] for arg in match.group(1).split() if arg.startswith("-")]
             hints = [f"{flag}{did_you_mean(flag, self.known_flags())}" for flag in flags]
             message = f"unknown option(s) {', '.join(hints) if hints else match.group(1)}"
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = [o.strip().strip("'\"") for o in choice.group(2).split(",")]
+            message += did_you_mean(choice.group(1), options)
         message = " ".join(message.split())  # argparse may wrap; keep one line
         sys.stderr.write(f"{self.prog}: error: {message}; see {self.prog} --help\n")
         sys.exit(2)

@@ -44,6 +44,17 @@ def test_unknown_flag_is_one_line_with_a_suggestion(capsys):
     assert "argument --schedule: 'cosin' is not one of cosine, linear, constant (did you mean cosine?)" in err
 
 
+def test_any_parser_error_is_one_line_listing_the_choices(capsys):
+    from training.guidance import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="philora x")
+    parser.add_argument("--mode", choices=["greedy", "sample"], default="greedy")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "sampel"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "choose from" in err and "greedy" in err and "(did you mean sample?)" in err
+
+
 def test_unknown_config_key_gets_a_suggestion(tmp_path):
     from training.errors import TrainingError
 
