@@ -64,7 +64,10 @@ def render_with_model_template(messages: tuple[Message, ...], tokenizer, origin:
     segments: list[Segment] = []
     dropped: list[str] = []
     at = 0          # end of the text already placed in segments
-    previous = _without_final_eos(render([], False), eos)   # what messages[:i] renders to
+    try:  # what messages[:i] renders to; some templates refuse an empty conversation
+        previous = _without_final_eos(render([], False), eos)
+    except DataError:
+        previous = ""
     for i, message in enumerate(messages):
         upto = _without_final_eos(render(dicts[: i + 1], False), eos)
         if not full.startswith(upto):

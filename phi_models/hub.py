@@ -133,7 +133,7 @@ def fetch_file(
             return None
         reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub could not be reached"
         advice = OFFLINE_ADVICE.get(repo_type, OFFLINE_ADVICE["model"])
-        raise HubError(f"'{filename}' from {where} is not in the local cache and {reason}: {advice}") from None
+        raise HubError(f"'{filename}' from {where} is not in the local cache and {reason}: {advice}") from err
     except EntryNotFoundError as err:
         if not required:
             return None

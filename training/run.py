@@ -31,7 +31,7 @@ from training.targets_check import check_targets, meta_model
 from training.loop import LoopSettings, fit
 from training.optim import build_optimizer
 from training.precision import Precision, base_dtype, resolve_device, resolve_precision
-from training.progress import METRICS_FILE, MetricsLog, ProgressBar, format_duration, peak_memory_mb
+from training.progress import METRICS_FILE, MetricsLog, ProgressBar, peak_memory_mb
 from training.rng import seed_everything, set_rng_state
 from training.schedule import LRSchedule, warmup_steps_for
 from training.signals import Terminated, sigterm_exits
@@ -53,7 +53,8 @@ DEFAULT_TARGETS = {
 # evaluation and logging, and how the same computation runs (--device, --precision, --dtype,
 # --gradient-checkpointing, --pad-multiple, --loss-chunk, --eval-batch-size).
 RESUME_LOCKED = (
-    "model", "data", "shape", "columns", "split", "subset", "eval_data", "tokenizer", "template", "limit", "val_fraction", "train_on_prompt", "max_seq_len", "packing",
+    "model", "data", "shape", "columns", "split", "subset", "eval_data", "tokenizer", "template", "limit",
+    "val_fraction", "train_on_prompt", "max_seq_len", "packing",
     "quantize", "batch_size", "grad_accum", "seed", "lr", "schedule", "warmup", "min_lr_ratio", "optimizer",
     "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout",
 )

@@ -34,7 +34,10 @@ def parse_columns(spec: str | dict | None) -> dict[str, str]:
     (the file's column -> the field name the shapes use)."""
     if spec is None or spec == "":
         return {}
-    pairs = spec.items() if isinstance(spec, dict) else [p.partition("=")[::2] for p in str(spec).split(",") if p.strip()]
+    if isinstance(spec, dict):
+        pairs = list(spec.items())
+    else:
+        pairs = [part.partition("=")[::2] for part in str(spec).split(",") if part.strip()]
     mapping: dict[str, str] = {}
     for ours, theirs in pairs:
         ours, theirs = str(ours).strip(), str(theirs).strip()

@@ -100,7 +100,8 @@ def _read_delimited(path: Path, delimiter: str) -> Iterator[tuple[str, dict]]:
                     continue
                 yield f"{path}:{reader.line_num}", {k: (v if v is not None else "") for k, v in record.items()}
         except csv.Error as err:
-            raise DataError(f"{path}:{reader.line_num}: malformed {'CSV' if delimiter == ',' else 'TSV'} ({err})") from None
+            kind = "CSV" if delimiter == "," else "TSV"
+            raise DataError(f"{path}:{reader.line_num}: malformed {kind} ({err})") from None
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:

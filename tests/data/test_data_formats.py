@@ -40,7 +40,8 @@ def test_columns_mapping_renames_before_detection(tmp_path):
     data = load_source(str(path), columns="prompt=question,completion=answer")
     assert data.kind == "prompt_completion"
     assert data.train[0].messages == (Message("user", "Capital of France?"), Message("assistant", "Paris"))
-    with pytest.raises(DataError, match=r"names column\(s\) \['reply'\].*its columns are \['answer', 'id', 'question'\]"):
+    wrong = r"names column\(s\) \['reply'\].*its columns are \['answer', 'id', 'question'\]"
+    with pytest.raises(DataError, match=wrong):
         load_source(str(path), columns="prompt=question,completion=reply")
     with pytest.raises(DataError, match="FIELD=COLUMN"):
         load_source(str(path), columns="prompt")
