@@ -40,14 +40,19 @@ def main(argv: list[str] | None = None) -> int:
         if not argv or argv[0] in ("-h", "--help"):
             parser.print_help()
             return 0 if argv else 2
+        from training.guidance import did_you_mean
+
         valid = ", ".join(COMMANDS)
-        print(f"philora: error: unknown command {argv[0]!r}; choose one of: {valid}", file=sys.stderr)
+        print(f"philora: error: unknown command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}; choose one of: {valid}",
+              file=sys.stderr)
         return 2
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
     if hasattr(module, "main"):
         return module.main(rest)
-    parser = argparse.ArgumentParser(prog=f"philora {name}", description=COMMANDS[name][1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from training.guidance import OneLineArgumentParser  # errors on one line, listing choices, with suggestions
+
+    parser = OneLineArgumentParser(prog=f"philora {name}", description=COMMANDS[name][1],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(parser)
     return module.run(parser.parse_args(rest))
