@@ -16,6 +16,8 @@ from .hub import HubError, fetch_file
 from .loading import from_pretrained, parse_dtype
 from .model import PhiForCausalLM
 from .presets import PRESETS, preset_names
+from .sampling import SamplingParams
+from .streaming import TextStream
 from .tokenizer import PhiTokenizer, load_tokenizer
 
 __all__ = [
@@ -27,7 +29,9 @@ __all__ = [
     "PhiForCausalLM",
     "PhiModelError",
     "PhiTokenizer",
+    "SamplingParams",
     "Segment",
+    "TextStream",
     "fetch_file",
     "from_pretrained",
     "generate",

@@ -11,6 +11,8 @@ class KVCache:
     A model forward writes its new keys at ``[length, length + T)`` in every layer and then
     calls ``advance``; buffers grow geometrically so decoding does not re-copy the cache per token.
     ``rope_long`` records which LongRoPE factor set rotated the cached keys (None: not yet known).
+    ``ids_checked`` True says the owner range-checked every id it feeds (generate does, once, at its
+    boundary), so the model skips its per-forward check, a host synchronisation each step.
     """
 
     def __init__(self, num_layers: int, capacity: int = 0):
@@ -22,6 +24,7 @@ class KVCache:
         self.key_mask: torch.Tensor | None = None  # (B, length) bool, True = real token
         self.next_positions: torch.Tensor | None = None  # (B,) position of each row's next token
         self.rope_long: bool | None = None
+        self.ids_checked = False
 
     def _grow(self, buf: torch.Tensor | None, like: torch.Tensor, needed: int) -> torch.Tensor:
         if buf is not None and buf.shape[2] >= needed:
@@ -61,4 +64,6 @@ class KVCache:
 
     def reset(self) -> None:
         """Forget everything (used when LongRoPE switches factor sets mid-generation)."""
+        ids_checked = self.ids_checked
         self.__init__(self.num_layers, self.capacity_hint)
+        self.ids_checked = ids_checked
