@@ -14,6 +14,9 @@ import sys
 # or main(argv) -> int when it parses its own arguments (train reuses TrainConfig's parser).
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("philora.commands.train", "fine-tune a Phi model with LoRA/QLoRA (same options as python train.py)"),
+    "generate": ("philora.commands.generate", "answer a prompt (streamed) or a JSONL file of prompts (batched)"),
+    "chat": ("philora.commands.chat", "chat in the terminal in the run's template, with history and a persona"),
+    "serve": ("philora.commands.serve", "OpenAI-compatible HTTP server: many adapters on one base, batched"),
 }
 
 
