@@ -13,10 +13,12 @@ import logging as _logging
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
 from .adapter_io import load_adapter, read_adapter, save_adapter
+from .adapters import (AdapterSlot, active_adapters, adapter_names, adapter_rows, delete_adapter,
+                       set_active_adapters)
 from .atomic import atomic_write, fsync_dir
-from .base import LoRALayer
+from .base import DEFAULT_ADAPTER, LoRALayer
 from .errors import BiasModeError, LoRAError
-from .inject import inject, make_matcher, virtual_slice_name
+from .inject import all_linear_names, inject, make_matcher, pattern_value, virtual_slice_name
 from .layers import (Conv1d, Conv2d, Conv3d, ConvLoRA, Embedding, InjectedConv1d, InjectedConv2d,
                      InjectedConv3d, Linear)
 from .merged import MergedLinear
@@ -30,5 +32,6 @@ __all__ = [
     "mark_only_lora_as_trainable", "lora_state_dict", "trainable_parameters", "print_trainable_parameters",
     "parameter_count", "inject", "make_matcher", "virtual_slice_name", "merge", "unmerge", "disable_adapters",
     "merge_and_unload", "lora_layers", "save_adapter", "load_adapter", "read_adapter", "atomic_write", "fsync_dir",
-    "LoRAError", "BiasModeError",
+    "LoRAError", "BiasModeError", "DEFAULT_ADAPTER", "AdapterSlot", "adapter_names", "active_adapters",
+    "set_active_adapters", "delete_adapter", "adapter_rows", "all_linear_names", "pattern_value",
 ]
