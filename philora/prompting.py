@@ -1,20 +1,19 @@
 """Generation prompts in the template a model was trained with, and the stops that end a reply.
 
 A generation prompt is the training rendering of the conversation cut where the assistant's reply
-begins: the conversation is rendered by ``data.templates.render`` (the very code training uses)
-with a placeholder reply, and everything before the reply's segment is the prompt. So the model
-sees, token for token, the context it learned to answer in (tests check this for every template).
+begins (``data.render_prompt``, which renders with the very code training uses), so the model sees,
+token for token, the context it learned to answer in (tests/philora/test_prompting.py checks this
+for every template).
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from data.conversation import Conversation, Message
 from data.errors import DataError
-from data.templates import BASE_TEMPLATES, CHAT_TEMPLATES, TEMPLATES, check_template, render
-
-_REPLY = "\x00reply\x00"  # placeholder; never in user text (NUL is refused below)
+from data.templates import BASE_TEMPLATES, CHAT_TEMPLATES, TEMPLATES, check_template
+from data.templates import default_template as data_default_template
+from data.templates import render_prompt as data_render_prompt
 
 # Base templates end a reply with the EOS they were trained on; a model that runs on into the next
 # turn is cut at that turn's header as well.
@@ -25,41 +24,26 @@ TEMPLATE_STOP_STRINGS: dict[str, tuple[str, ...]] = {
     "alpaca": ("### Instruction:",),
     "instruction": ("### Instruction:",),
     "plain": (),
+    "model": (),
 }
 SINGLE_TURN_TEMPLATES = ("alpaca", "instruction")
 
 
 def default_template(tokenizer) -> str:
-    """The template for a model without a run: its chat format, else human_assistant (data's default)."""
-    return tokenizer.chat_format or "human_assistant"
+    """The template for a model without a run: what training would pick for chat data (data.default_template)."""
+    return data_default_template("messages", tokenizer.chat_format, getattr(tokenizer, "chat_template", None) is not None)
 
 
 def render_prompt(template: str, messages: Iterable[Mapping[str, Any]], tokenizer=None) -> str:
     """The text a model trained with ``template`` should continue to answer ``messages``.
 
-    ``messages`` are ``{"role": "system"|"user"|"assistant", "content": str}`` dicts ending with a
-    user turn. Raises ``data.DataError`` naming the problem for anything the template cannot render.
+    ``messages`` are ``{"role", "content"}`` dicts ending with a user turn; ``tokenizer`` is needed by the
+    ``model`` template (the tokenizer's own chat template). Raises ``data.DataError`` naming the problem.
     """
-    check_template(template)
-    turns = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, Mapping) or not isinstance(m.get("content"), str) or m.get("role") not in (
-            "system", "user", "assistant"
-        ):
-            raise DataError(f"message {i} must be {{'role': system|user|assistant, 'content': str}}, got {m!r}")
-        if "\x00" in m["content"]:
-            raise DataError(f"message {i} contains a NUL character")
-        turns.append(Message(m["role"], m["content"]))
-    if not turns or turns[-1].role != "user":
+    messages = list(messages)
+    if not messages or not isinstance(messages[-1], Mapping) or messages[-1].get("role") != "user":
         raise DataError("the conversation must end with a user message to generate a reply")
-    conversation = Conversation(messages=tuple(turns) + (Message("assistant", _REPLY),), origin="prompt")
-    segments = render(conversation, template)
-    prompt = []
-    for segment in segments:
-        if _REPLY in segment.text:
-            break
-        prompt.append(segment.text)
-    return "".join(prompt)
+    return data_render_prompt(template, messages, tokenizer, add_generation_prompt=True)
 
 
 def stop_strings_for(template: str) -> tuple[str, ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import data
@@ -15,16 +17,28 @@ MULTI = [("system", "You are Sherlock Holmes."), ("user", "Who are you?"), ("ass
 SINGLE = [("system", "Summarise the dialogue."), ("user", "A: hi\nB: hello"), ("assistant", "They greet.")]
 
 
+PHI35 = Path(__file__).resolve().parents[2] / ".." / "shared" / "realcases" / "02d_phi35_mini_instruct"
+
+
 @pytest.fixture(scope="module")
 def tok():
     return phi_models.load_tokenizer("tiny")
 
 
+def _tokenizer_for(template, tiny):
+    if template != "model":
+        return tiny
+    if not (PHI35 / "tokenizer.json").is_file():
+        pytest.skip(f"{PHI35} is absent (the 'model' template needs a tokenizer that ships a chat template)")
+    return phi_models.load_tokenizer(str(PHI35))
+
+
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_generation_prompt_is_the_training_prefix(template, tok):
+    tok = _tokenizer_for(template, tok)
     turns = SINGLE if template in SINGLE_TURN_TEMPLATES else MULTI
     messages = [{"role": r, "content": c} for r, c in turns]
-    segments = render(Conversation(tuple(Message(r, c) for r, c in turns), origin="t"), template)
+    segments = render(Conversation(tuple(Message(r, c) for r, c in turns), origin="t"), template, tok)
     text = "".join(s.text for s in segments)
     # Text: the prompt is the rendering up to where the last reply's target segment begins.
     last_target = max(i for i, s in enumerate(segments) if s.is_target)
