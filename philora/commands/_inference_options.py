@@ -59,20 +59,22 @@ def generate_kwargs(args: argparse.Namespace, loaded) -> dict:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, stop_ids=loaded.stop_ids,
         stop_strings=tuple(loaded.stop_strings) + tuple(args.stop), tokenizer=loaded.tokenizer, seed=args.seed,
-        pad_id=_pad_id(loaded.tokenizer),
+        pad_id=pad_id_of(loaded.tokenizer),
     )
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id_of(tokenizer) -> int:
+    """The id prompts are left-padded with: pad, else EOS, else 0 (padding is masked either way)."""
     for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if token_id is not None:
             return int(token_id)
     return 0
 
 
-def load_from_args(args: argparse.Namespace):
-    """The InferenceModel the options name."""
+def load_from_args(args: argparse.Namespace, with_adapter: bool = True):
+    """The InferenceModel the options name (``with_adapter`` False: --adapter means something else)."""
     from philora.inference import load_inference_model
 
-    return load_inference_model(args.target, adapter=getattr(args, "adapter", None), quantize=args.quantize,
+    adapter = args.adapter if with_adapter else None
+    return load_inference_model(args.target, adapter=adapter, quantize=args.quantize,
                                 dtype=args.dtype, device=args.device, template=args.template)
