@@ -79,7 +79,9 @@ class BatchEngine:
         self._cache: KVCache | None = None
         self._last: torch.Tensor | None = None
         self._seen: torch.Tensor | None = None
-        self.forward_passes = 0
+        self.forward_passes = 0  # statistics: forwards run, the largest batch, finish reasons
+        self.peak_batch = 0
+        self.finished: collections.Counter[str] = collections.Counter()
 
     # ---- the request side (any thread) ---------------------------------------------------------
 
@@ -204,6 +206,7 @@ class BatchEngine:
     def _decode_step(self) -> None:
         """Feed every row its last token; choose each row's next one."""
         feed = self._last[:, None]  # (B, 1)
+        self.peak_batch = max(self.peak_batch, len(self._rows))
         with self._adapter_scope([j.adapter for j in self._rows]):
             logits = self.model(feed, attention_mask=torch.ones_like(feed), kv_cache=self._cache)[:, -1]
         self.forward_passes += 1
@@ -237,6 +240,7 @@ class BatchEngine:
             if rest:
                 job.on_event("text", rest)
         job.finish_reason = reason
+        self.finished[reason.split(":")[0]] += 1
         job.on_event("done", reason)
 
     def _drop_finished(self) -> None:
