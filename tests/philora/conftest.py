@@ -14,12 +14,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A finished 6-step roleplay run on tiny; its adapter visibly changes greedy output."""
+    """A finished 4-step roleplay run on tiny; its adapter visibly changes greedy output."""
     from training.run import main
 
     out = tmp_path_factory.mktemp("runs") / "tiny-roleplay"
-    argv = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "32", "--max-seq-len", "128",
-            "--batch-size", "4", "--device", "cpu", "--sample-tokens", "0", "--max-steps", "6", "--lr", "5e-3",
+    argv = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "24", "--max-seq-len", "96",
+            "--batch-size", "4", "--device", "cpu", "--sample-tokens", "0", "--max-steps", "4", "--lr", "8e-3",
             "--warmup", "0", "--eval-every", "0", "--save-every", "0", "--precision", "fp32", "--output-dir", str(out)]
     assert main(argv) == 0
     return out
