@@ -4,7 +4,8 @@ batched (up to 16 rows per forward) vs one request at a time (``--max-batch 1``)
     python bench/bench_serve.py [--models tiny phi2w2] [--clients 1 4 16] [--requests 2] [--max-tokens 32]
 
 Models: ``tiny`` (the built-in preset) and ``phi2w2``, a phi-2-width random model (hidden 2560, 32 heads,
-partial rotary 0.4, vocab 51200) with 2 layers, prompted through the tiny tokenizer. Requests alternate
+partial rotary 0.4, vocab 51200, fp32) with 2 layers, prompted through the real phi-2 tokenizer from
+../shared/realcases when present (else the tiny one, whose 2048 tokens leave most generated ids without text). Requests alternate
 between the base and two random adapters, so batches mix adapters. Each client sends ``--requests``
 streamed chat requests one after another (greedy, a fixed reply length: no stop tokens) over a real
 socket with the official openai client. Columns: ``tok/s`` = completion tokens of all clients / wall
@@ -22,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+PHI2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "realcases" / "01_phi2_tokenizer" / "tokenizer.json"
 PROMPTS = ["Tell me about the sea.", "What is a good name for a cat?", "Write a short poem about rain.",
            "How do bees make honey?", "Describe a sunset.", "What is the capital of France?"]
 
@@ -33,12 +35,13 @@ def build_model(name: str):
     import lora_core
     import phi_models
     from philora.inference import InferenceModel
-    from philora.prompting import stop_strings_for
 
     tokenizer = phi_models.load_tokenizer("tiny")
     if name == "tiny":
         model = phi_models.from_pretrained("tiny")
     else:
+        if PHI2_TOKENIZER.is_file():  # the real phi-2 tokenizer: generated ids decode to text as on phi-2
+            tokenizer = phi_models.load_tokenizer(str(PHI2_TOKENIZER.parent))
         config = phi_models.PhiConfig(model_type="phi", vocab_size=51200, hidden_size=2560, intermediate_size=10240,
                                       num_hidden_layers=2, num_attention_heads=32, partial_rotary_factor=0.4,
                                       max_position_embeddings=2048, hidden_act="gelu_new")
@@ -52,8 +55,9 @@ def build_model(name: str):
             if "lora_" in param_name:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
     # No stop ids: every reply runs to max_tokens, so runs compare equal work.
-    return InferenceModel(model=model.eval(), tokenizer=tokenizer, template="phi3", stop_ids=[],
-                          stop_strings=stop_strings_for("phi3"), name=name)
+    template = "phi3" if name == "tiny" else "human_assistant"  # a base model's template for the phi-2 shape
+    return InferenceModel(model=model.eval(), tokenizer=tokenizer, template=template, stop_ids=[],
+                          stop_strings=(), name=name)
 
 
 def run_clients(url: str, clients: int, requests: int, max_tokens: int) -> dict:
