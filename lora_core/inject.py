@@ -53,6 +53,9 @@ def make_matcher(targets: Targets, aliases: Optional[Dict[str, str]] = None) -> 
     if isinstance(targets, str):
         regex = _compile_regex(targets)
         return lambda name: regex.fullmatch(name) is not None
+    if not isinstance(targets, (list, tuple, set, frozenset)):
+        raise LoRAError(f"targets={targets!r} must be a regex string, \"all-linear\" or a list of module names, "
+                        f"e.g. ['q_proj', 'v_proj']")
     items = list(targets)
     if not items or not all(isinstance(t, str) and t for t in items):
         raise LoRAError(f"targets={targets!r} must be a regex string or a non-empty list of module names")
@@ -182,6 +185,7 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
             dropout = _add_named(module, chosen, adapter_name, options, use_rslora, lora_dtype)
         if isinstance(dropout, LoRADropout):
             dropout.fast_mask = fast_dropout
+        dropout.train(module.training)  # a model already in eval() must not start dropping out
         if chosen:
             adapted.extend(virtual_slice_name(name, s) for s in chosen)
         else:
