@@ -69,7 +69,7 @@ def _sibling(name: str, leaf: str) -> str:
 
 def lora_modules_to_peft(model: nn.Module) -> list[PeftModule]:
     """Every LoRA layer of ``model`` as PEFT modules on transformers names (exact, see module docstring)."""
-    from lora_core import Embedding, LoRALayer
+    from lora_core import Embedding, LoRALayer, MergedLinear
     from lora_core.merged import block_lora_B
 
     out: list[PeftModule] = []
@@ -82,7 +82,8 @@ def lora_modules_to_peft(model: nn.Module) -> list[PeftModule]:
         if isinstance(layer, Embedding):
             out.append(PeftModule(name, A, B, r, alpha, embedding=True))
         elif hasattr(layer, "_enabled_spans"):  # per-slice adapter on a fused module
-            info = [s for s in layer.slice_info() if s["enabled"]]
+            # MergedLinear's method also serves the 4-bit fused class, which has the same slice attributes
+            info = [s for s in MergedLinear.slice_info(layer) if s["enabled"]]
             if is_phi_fused_qkv(model, name):
                 for s in info:
                     a0, a1 = s["lora_A_rows"]

@@ -31,7 +31,8 @@ def render_card(run: RunInfo, repo_id: str, *, merged: bool, license_name: str =
     """README.md text for ``repo_id``: front matter, what was trained, results, and how to load it."""
     meta = front_matter(run, merged=merged, license_name=license_name)
     base = meta["base_model"]
-    rows = [f"| {name} | {run.config.get(name)} |" for name in _HYPERPARAMETERS if name in run.config]
+    values = dict(run.config, precision=run.resolved.get("precision", run.config.get("precision")))
+    rows = [f"| {name} | {values.get(name)} |" for name in _HYPERPARAMETERS if name in values]
     rows.append(f"| targets | {', '.join(run.targets) or run.config.get('targets')} |")
     rows.append(f"| template | {run.template} |")
     final = run.final_eval
@@ -49,7 +50,7 @@ def render_card(run: RunInfo, repo_id: str, *, merged: bool, license_name: str =
     text = "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n"
     text += f"# {repo_id.split('/')[-1]}\n\n"
     text += (f"{'A merged model' if merged else 'A LoRA adapter'} for [{base}](https://huggingface.co/{base}), "
-             f"fine-tuned with [philora](https://github.com/) on `{run.config.get('data')}`"
+             f"fine-tuned with philora on `{run.config.get('data')}`"
              f"{' with a 4-bit ' + run.quantize + ' base (QLoRA)' if run.quantize else ''}.\n\n")
     text += "## Training\n\n| setting | value |\n|---|---|\n" + "\n".join(rows) + "\n\n"
     text += f"## Results\n\n{results}\n\n"
