@@ -278,7 +278,7 @@ async def _on_engine(state: ServerState, fn) -> Any:
 
 
 def attach_named_adapter(model, name: str, path: str | Path) -> None:
-    """Add adapter ``name`` from ``path``: our adapter file, or a run directory (its final adapter)."""
+    """Add adapter ``name`` from ``path``: our adapter file, a PEFT directory, or a run (its final adapter)."""
     import lora_core
     from lora_core.adapters import check_adapter_name
 
@@ -290,9 +290,6 @@ def attach_named_adapter(model, name: str, path: str | Path) -> None:
     if is_run_dir(path):
         path = open_run(path).adapter_file
     if path.is_dir():
-        if not hasattr(lora_core, "load_peft"):
-            raise CommandError(f"{path}: a PEFT directory; serving one beside other adapters needs "
-                               f"lora_core.load_peft (not available): convert it with `philora export` first")
         lora_core.load_peft(model, path, adapter_name=name)
         return
     if not path.is_file():

@@ -140,6 +140,11 @@ def test_load_and_unload_an_adapter_at_run_time(server, tiny_run):
     ids = alone.tokenizer.encode(render_prompt(alone.template, [{"role": "user", "content": "Hello!"}]))
     expected = phi_models.generate(alone.model, ids, max_new_tokens=8, stop_ids=alone.stop_ids)[0]
     assert _chat(client, "roleplay", "Hello!") == (alone.tokenizer.decode(expected), len(expected))
+    # The same adapter from the run's PEFT directory answers the same.
+    status, body = _post(server.url + "/v1/load_lora_adapter",
+                         json.dumps({"lora_name": "roleplay-peft", "lora_path": str(tiny_run / "peft")}))
+    assert status == 200, body
+    assert _chat(client, "roleplay-peft", "Hello!") == _chat(client, "roleplay", "Hello!")
     status, _ = _post(server.url + "/v1/load_lora_adapter", json.dumps({"lora_name": "roleplay", "lora_path": "x"}))
     assert status == 400
     status, body = _post(server.url + "/v1/unload_lora_adapter", json.dumps({"lora_name": "roleplay"}))
