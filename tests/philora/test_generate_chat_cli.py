@@ -105,3 +105,16 @@ def test_bad_input_is_one_line_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_generate_merged_export_and_nf4_base(tiny_run, tiny_hf_dir, capsys):
+    from philora.cli import main
+
+    common = ["--prompt", "Hello there", "--max-new-tokens", "6"]
+    assert main(["generate", "tiny", *common]) == 0
+    base = capsys.readouterr().out
+    assert main(["generate", str(tiny_hf_dir), *common]) == 0  # a merged export (here of the bare base)
+    assert capsys.readouterr().out == base
+    assert main(["generate", str(tiny_run), "--quantize", "nf4", *common]) == 0
+    quantized = capsys.readouterr().out
+    assert quantized.strip() and quantized.endswith("\n")
