@@ -137,7 +137,8 @@ def generate(
                 cache.reset()
                 logits = model(tokens[:, : position + 1], attention_mask=mask[:, : position + 1], kv_cache=cache)
             else:
-                logits = model(tokens[:, position : position + 1], attention_mask=mask[:, position : position + 1], kv_cache=cache)
+                step_ids, step_mask = tokens[:, position : position + 1], mask[:, position : position + 1]
+                logits = model(step_ids, attention_mask=step_mask, kv_cache=cache)
             logits = logits[:, -1]
     finally:
         model.train(was_training)

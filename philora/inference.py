@@ -11,7 +11,7 @@ from typing import Any
 
 from data.errors import DataError
 
-from .commands.common import CommandError, user_errors  # noqa: F401  (re-exported for the commands)
+from .commands.common import CommandError
 from .prompting import check_template, default_template, stop_strings_for
 
 

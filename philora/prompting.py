@@ -31,7 +31,8 @@ SINGLE_TURN_TEMPLATES = ("alpaca", "instruction")
 
 def default_template(tokenizer) -> str:
     """The template for a model without a run: what training would pick for chat data (data.default_template)."""
-    return data_default_template("messages", tokenizer.chat_format, getattr(tokenizer, "chat_template", None) is not None)
+    shipped = getattr(tokenizer, "chat_template", None) is not None
+    return data_default_template("messages", tokenizer.chat_format, shipped)
 
 
 def render_prompt(template: str, messages: Iterable[Mapping[str, Any]], tokenizer=None) -> str:

@@ -10,8 +10,8 @@ from data.templates import TEMPLATES
 def add_model_arguments(parser: argparse.ArgumentParser, adapter_help: str | None = None) -> None:
     """RUN_OR_MODEL, --template, --quantize, --dtype, --device (and --adapter unless ``adapter_help`` is "")."""
     parser.add_argument("target", metavar="RUN_OR_MODEL",
-                        help="a training run directory, or a model: preset (tiny, phi-2, ...), hub id, local dir, "
-                             "merged export")
+                        help="a training run directory, or a model: preset (tiny, phi-2, ...), hub id, "
+                             "local dir, merged export")
     if adapter_help != "":
         parser.add_argument("--adapter", default=None, metavar="PATH",
                             help=adapter_help or "an adapter to apply: our .safetensors file or a PEFT directory "
@@ -21,7 +21,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, adapter_help: str | Non
                              "else human_assistant)")
     parser.add_argument("--quantize", default=None, choices=("none", "nf4", "fp4"),
                         help="load the base in 4 bits (default: as the run was trained; none for a model)")
-    parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: the run's / checkpoint's)")
+    parser.add_argument("--dtype", default=None,
+                        help="float32, bfloat16 or float16 (default: the run's / checkpoint's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 

@@ -67,7 +67,7 @@ class Conversation:
 
 def run(args: argparse.Namespace) -> int:
     """Chat until /exit or end of input; returns the exit code."""
-    from philora.inference import user_errors
+    from philora.commands.common import user_errors
 
     try:
         check_sampling_arguments(args)

@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate; returns the exit code (2 with one line on stderr for bad input)."""
-    from philora.inference import InferenceError, user_errors
+    from philora.commands.common import user_errors
+    from philora.inference import InferenceError
 
     try:
         if args.prompt_file is not None and args.out is None:

@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         try:
-            import uvicorn  # noqa: F401
+            import uvicorn  # noqa: F401  (checked here: the extra may be missing)
 
             from philora.serving.app import create_app
         except ImportError as err:

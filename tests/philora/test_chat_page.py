@@ -22,7 +22,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (.ci/run installs Debian's chromium)")
 def test_page_streams_a_reply_from_the_chosen_adapter(tmp_path):
     random_adapter(tmp_path / "pirate.safetensors", seed=3)
-    live = LiveServer(build_state(load_inference_model("tiny"), "tiny", [("pirate", str(tmp_path / "pirate.safetensors"))]))
+    adapters = [("pirate", str(tmp_path / "pirate.safetensors"))]
+    live = LiveServer(build_state(load_inference_model("tiny"), "tiny", adapters))
     try:
         system, question = "You are a pirate.", "Where is the treasure?"
         expected = live.client().chat.completions.create(
