@@ -7,8 +7,8 @@ Models: ``tiny`` (the built-in preset) and ``phi2w2``, a phi-2-width random mode
 partial rotary 0.4, vocab 51200, fp32) with 2 layers, prompted through the real phi-2 tokenizer from
 ../shared/realcases when present (else the tiny one, whose 2048 tokens leave most generated ids without
 text). Requests alternate between the base and two random adapters, so batches mix adapters. Each client
-sends ``--requests`` streamed chat requests one after another (greedy, a fixed reply length: no stop tokens) over a real
-socket with the official openai client. Columns: ``tok/s`` = completion tokens of all clients / wall
+sends ``--requests`` streamed chat requests one after another (greedy, a fixed reply length: no stop
+tokens) over a real socket with the official openai client. Columns: ``tok/s`` = completion tokens of all clients / wall
 time; ``ttft p50/p95`` = time from sending a request to its first streamed text.
 """
 

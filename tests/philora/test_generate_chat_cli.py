@@ -107,7 +107,7 @@ def test_bad_input_is_one_line_exit_2(argv, message, capsys):
     assert message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_generate_merged_export_and_nf4_base(tiny_run, tiny_hf_dir, capsys):
+def test_generate_merged_export_peft_adapter_and_nf4_base(tiny_run, tiny_hf_dir, capsys):
     from philora.cli import main
 
     common = ["--prompt", "Hello there", "--max-new-tokens", "6"]
@@ -115,6 +115,10 @@ def test_generate_merged_export_and_nf4_base(tiny_run, tiny_hf_dir, capsys):
     base = capsys.readouterr().out
     assert main(["generate", str(tiny_hf_dir), *common]) == 0  # a merged export (here of the bare base)
     assert capsys.readouterr().out == base
+    assert main(["generate", str(tiny_run), *common]) == 0
+    with_run = capsys.readouterr().out
+    assert main(["generate", "tiny", "--adapter", str(tiny_run / "peft"), *common]) == 0  # the run's PEFT copy
+    assert capsys.readouterr().out == with_run != base
     assert main(["generate", str(tiny_run), "--quantize", "nf4", *common]) == 0
     quantized = capsys.readouterr().out
     assert quantized.strip() and quantized.endswith("\n")
