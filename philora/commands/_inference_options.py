@@ -17,13 +17,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, adapter_help: str | Non
                             help=adapter_help or "an adapter to apply: our .safetensors file or a PEFT directory "
                                                  "(for a run: instead of the run's own)")
     parser.add_argument("--template", default=None, choices=TEMPLATES,
-                        help="prompt format (default: the run's training template, else the model's chat format, "
+                        help="prompt format (None: the run's training template, else the model's chat format, "
                              "else human_assistant)")
     parser.add_argument("--quantize", default=None, choices=("none", "nf4", "fp4"),
-                        help="load the base in 4 bits (default: as the run was trained; none for a model)")
+                        help="load the base in 4 bits (None: as the run was trained; none for a model)")
     parser.add_argument("--dtype", default=None,
-                        help="float32, bfloat16 or float16 (default: the run's / checkpoint's)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+                        help="float32, bfloat16 or float16 (None: the run's / checkpoint's)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (None: cuda if available)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:

@@ -19,12 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                         help="serve an adapter (our file, PEFT directory or run directory) as model NAME; repeatable")
     parser.add_argument("--served-name", default=None,
-                        help="the name clients use for the base model (default: RUN_OR_MODEL's model name); "
+                        help="the name clients use for the base model (None: RUN_OR_MODEL's model name); "
                              "a run's own adapter is served under the run directory's name")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (keep 127.0.0.1 unless you mean it)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (0 = any free port, printed at start)")
-    parser.add_argument("--api-key", default=os.environ.get("PHILORA_API_KEY"),
-                        help="require 'Authorization: Bearer KEY' on /v1/ (default: $PHILORA_API_KEY, else none)")
+    parser.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on /v1/ (None: $PHILORA_API_KEY if set, "
+                             "else no key)")
     parser.add_argument("--max-batch", type=int, default=8, help="requests decoded together in one forward pass")
     parser.add_argument("--max-queue", type=int, default=32, help="requests that may wait for a slot; more get 429")
     parser.add_argument("--max-tokens", type=int, default=256, help="reply length when a request sets no max_tokens")
@@ -106,8 +107,9 @@ def run(args: argparse.Namespace) -> int:
         from ._inference_options import load_from_args
 
         loaded = load_from_args(args, with_adapter=False)
+        api_key = args.api_key or os.environ.get("PHILORA_API_KEY")
         state = build_state(loaded, args.target, adapters, served_name=args.served_name, max_batch=args.max_batch,
-                            max_queue=args.max_queue, max_tokens=args.max_tokens, api_key=args.api_key,
+                            max_queue=args.max_queue, max_tokens=args.max_tokens, api_key=api_key,
                             runtime_adapters=not args.no_runtime_adapters)
     except user_errors() as err:
         print(f"philora serve: error: {err}", file=sys.stderr, flush=True)
