@@ -89,10 +89,11 @@ def generation_cases(examples, stop_ids: Sequence[int], limit: int | None = None
 
 
 def generate_replies(model, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: Sequence[int], pad_id: int,
-                     batch_size: int, precision: Precision) -> list[Reply]:
-    """Greedy replies to ``prompts``, ``batch_size`` at a time (similar lengths batched together).
+                     batch_size: int, precision: Precision, **sampling) -> list[Reply]:
+    """Replies to ``prompts``, ``batch_size`` at a time (similar lengths batched together).
 
-    A prompt too long for the model's context with ``max_new_tokens`` more is cut from the left.
+    Greedy unless ``sampling`` passes phi_models.generate's temperature/top_k/top_p/seed. A prompt too
+    long for the model's context with ``max_new_tokens`` more is cut from the left.
     """
     import phi_models
 
@@ -110,7 +111,7 @@ def generate_replies(model, prompts: list[list[int]], *, max_new_tokens: int, st
         rows = order[first:first + batch_size]
         with precision.autocast():
             outputs = phi_models.generate(model, [prompts[i] for i in rows], max_new_tokens=max_new_tokens,
-                                          stop_ids=list(stop_ids), pad_id=pad_id)
+                                          stop_ids=list(stop_ids), pad_id=pad_id, **sampling)
         for i, ids in zip(rows, outputs):
             # generate drops the stop token, so a reply shorter than the budget is one that stopped
             replies[i] = Reply(ids=list(ids), stopped=len(ids) < max_new_tokens)

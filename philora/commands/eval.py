@@ -54,6 +54,8 @@ def _run(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise EvalError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.split == "test" and not args.data:
+        raise EvalError("--split test evaluates every example of --data: pass --data FILE holding the held-out records")
     target = load_target(args.target, adapter=args.adapter, data=args.data, device=args.device,
                          precision=args.precision)
     results = run_eval(target, split=args.split, limit=args.limit, max_new_tokens=args.max_new_tokens,

@@ -50,6 +50,8 @@ def split_examples(target: EvalTarget, split: str, *, for_generation: bool = Fal
     if split not in SPLITS:
         raise EvalError(f"--split {split}: use one of {', '.join(SPLITS)}")
     s = target.settings
+    if not s.data:
+        raise EvalError(f"{s.model} is a model, not a run: say what to evaluate on with --data SOURCE")
     prepared = data.prepare(s.data, target.tokenizer, template=s.template, max_seq_len=s.max_seq_len,
                             train_on_prompt=s.train_on_prompt and not for_generation,
                             val_fraction=0.0 if split == "test" else s.val_fraction, seed=s.seed,

@@ -95,11 +95,11 @@ def load_target(target: str, *, adapter: str | None = None, data: str | None = N
     else:
         if Path(target).is_file():
             raise EvalError(f"{target}: a file, not a run directory or model; pass an adapter file with --adapter")
+        if Path(target).is_dir() and not (Path(target) / "config.json").is_file():
+            raise EvalError(f"{target}: neither a run directory (no {CONFIG_FILE}) nor a model directory (no config.json)")
         settings = TrainConfig(model=target)
     if data:
         settings = replace(settings, data=data)
-    if not settings.data:
-        raise EvalError(f"{target} is a model, not a run: say what to evaluate on with --data SOURCE")
     resolved_device = resolve_device(device or settings.device)
     mode = Precision(resolve_precision(precision or settings.precision, resolved_device), resolved_device)
     quantize = None if settings.quantize == "none" else settings.quantize
