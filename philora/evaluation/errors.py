@@ -5,6 +5,7 @@ from __future__ import annotations
 from data import DataError
 from lora_core import LoRAError
 from phi_models import HubError, PhiModelError
+from philora.runs import RunError
 from training.errors import TrainingError
 
 
@@ -13,4 +14,5 @@ class EvalError(ValueError):
 
 
 # Every package's error class carries a message written for the user: the commands print it, no traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (EvalError, TrainingError, LoRAError, PhiModelError, HubError, DataError)
+USER_ERRORS: tuple[type[Exception], ...] = (EvalError, RunError, TrainingError, LoRAError, PhiModelError,
+                                            HubError, DataError)
