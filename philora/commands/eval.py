@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``philora eval``."""
     parser.add_argument("target", metavar="RUN_OR_MODEL",
-                        help="a run directory (its adapter, data and settings are used) or a model: preset, hub id, local dir")
-    parser.add_argument("--adapter", default=None, help="adapter file to evaluate instead of the run's own (or on top of a model)")
-    parser.add_argument("--data", default=None, help="dataset to evaluate on (default: the run's own --data)")
+                        help="a run directory (its adapter, data and settings are used) or a model: preset, hub id, "
+                             "local dir")
+    parser.add_argument("--adapter", default=None,
+                        help="adapter file or PEFT directory to evaluate instead of the run's own, or on a model")
+    parser.add_argument("--data", default=None, help="dataset to evaluate on; none: the run's own --data")
     parser.add_argument("--split", default="val", choices=("val", "test", "train"),
                         help="val/train: the run's split of --data; test: every example of --data, nothing held out")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N examples of the split (default: all)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="evaluate only the first N examples of the split; none: all")
     parser.add_argument("--max-new-tokens", type=int, default=128, help="most tokens generated per reply (greedy)")
-    parser.add_argument("--batch-size", type=int, default=None, help="rows per batch (default: the run's --eval-batch-size)")
-    parser.add_argument("--compare-base", action="store_true", help="also evaluate the base with the adapter disabled, side by side")
-    parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="default: the run's --device")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="rows per batch; none: the run's --eval-batch-size")
+    parser.add_argument("--compare-base", action="store_true",
+                        help="also evaluate the base with the adapter disabled, side by side")
+    parser.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="none: the run's --device")
     parser.add_argument("--precision", default=None, choices=("auto", "bf16", "fp16", "fp32"),
-                        help="default: the run's --precision (the same numbers as training's evaluation)")
+                        help="none: the precision the run trained in (the same numbers as its evaluation)")
     parser.add_argument("--output-dir", default=None,
-                        help="where the JSON, JSONL and HTML go (default: RUN/eval, or runs/eval-<model> for a model)")
+                        help="where the JSON, JSONL and HTML go; none: RUN/eval, or runs/eval-<model> for a model")
 
 
 def default_output_dir(target) -> Path:
@@ -35,13 +39,13 @@ def default_output_dir(target) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate, print the table and write the files; one line on stderr and exit 2 on bad input."""
+    from philora.commands.common import fail
     from philora.evaluation.errors import USER_ERRORS
 
     try:
         return _run(args)
     except USER_ERRORS as err:
-        print(f"philora eval: error: {err}", file=sys.stderr, flush=True)
-        return 2
+        return fail(str(err))
 
 
 def _run(args: argparse.Namespace) -> int:

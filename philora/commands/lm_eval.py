@@ -1,7 +1,7 @@
 """``philora lm-eval ARGS``: lm-evaluation-harness's own command line with the ``philora`` model registered.
 
     philora lm-eval --model philora --model_args pretrained=runs/demo --tasks hellaswag
-    philora lm-eval --model philora --model_args pretrained=phi-2,adapter=my.safetensors --tasks mytask --include_path DIR
+    philora lm-eval --model philora --model_args pretrained=phi-2,adapter=my.safetensors --tasks T --include_path DIR
 
 Every argument goes to lm_eval unchanged (``philora lm-eval --help`` shows lm_eval's help).
 """
@@ -15,13 +15,13 @@ HINT = "pip install 'philora[lm-eval]'"
 
 def main(argv: list[str]) -> int:
     """Register the philora model, then run lm_eval's CLI on ``argv``; exit 2 with one line on bad input."""
+    from philora.commands.common import fail
     from philora.evaluation.errors import USER_ERRORS
 
     try:
         import lm_eval.__main__ as harness
     except ImportError:
-        print(f"philora lm-eval: error: lm-evaluation-harness is not installed; {HINT}", file=sys.stderr)
-        return 2
+        return fail(f"lm-evaluation-harness is not installed; {HINT}")
     import philora.evaluation.lm_eval_model  # noqa: F401  (registers --model philora)
 
     saved = sys.argv
@@ -29,8 +29,7 @@ def main(argv: list[str]) -> int:
     try:
         harness.cli_evaluate()
     except USER_ERRORS as err:
-        print(f"philora lm-eval: error: {err}", file=sys.stderr)
-        return 2
+        return fail(str(err))
     except SystemExit as stop:  # argparse and lm_eval end with SystemExit
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 2)
     finally:

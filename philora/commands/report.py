@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -37,15 +36,14 @@ def summary_lines(records: list[dict]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Write RUN/plots.png and print the summary; one line on stderr and exit 2 for a path that is not a run."""
+    from philora.commands.common import fail
     from training.plots import plot_summary_line, read_metrics
     from training.progress import METRICS_FILE
 
     run_dir = Path(args.run_dir)
     metrics = run_dir / METRICS_FILE
     if not metrics.is_file():
-        print(f"philora report: error: {run_dir}: no {METRICS_FILE}; pass the --output-dir of a training run",
-              file=sys.stderr)
-        return 2
+        return fail(f"{run_dir}: no {METRICS_FILE}; pass the --output-dir of a training run")
     records = read_metrics(metrics)
     print(f"run {run_dir}: {len(records)} metric records")
     for line in summary_lines(records):

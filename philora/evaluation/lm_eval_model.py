@@ -183,9 +183,9 @@ class PhiloraLM(TemplateLM):
                 sampling = {"temperature": float(options.get("temperature", 1.0)), "top_p": options.get("top_p"),
                             "top_k": options.get("top_k"), "seed": options.get("seed")}
             prompts = [self.tok_encode(requests[i].args[0]) or [self.prefix_token_id] for i in indices]
-            replies = generate_replies(self.model, prompts, max_new_tokens=max_new, stop_ids=self.tokenizer.stop_token_ids,
-                                       pad_id=self.pad_id, batch_size=self.batch_size, precision=self.target.precision,
-                                       **sampling)
+            replies = generate_replies(self.model, prompts, max_new_tokens=max_new,
+                                       stop_ids=self.tokenizer.stop_token_ids, pad_id=self.pad_id,
+                                       batch_size=self.batch_size, precision=self.target.precision, **sampling)
             for i, reply in zip(indices, replies):
                 text = self.tok_decode(reply.ids)
                 for stop in until:

@@ -17,7 +17,8 @@ def format_table(results: EvalResults) -> str:
     info = results.info
     adapter = f" + adapter {info['adapter']}" if info["adapter"] else ""
     lines = [f"{info['target']}{adapter} on {info['data']} ({info['split']}): {info['examples']} examples, "
-             f"{info['generated']} generated (greedy, at most {info['max_new_tokens']} new tokens), {info['precision']}"]
+             f"{info['generated']} generated (greedy, at most {info['max_new_tokens']} new tokens), "
+             f"{info['precision']}"]
     names = list(results.variants)
     lines.append(f"{'metric':<22}" + "".join(f"{name:>12}" for name in names))
     for label, key, form in METRIC_ROWS:

@@ -1,4 +1,4 @@
-"""``philora eval`` and ``philora report`` on a short tiny run; ``--eval-generate`` in training; the HTML in Chromium."""
+"""``philora eval`` and ``report`` on a short tiny run; ``--eval-generate`` in training; the HTML in Chromium."""
 
 from __future__ import annotations
 

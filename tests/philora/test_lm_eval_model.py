@@ -17,7 +17,8 @@ MC_DOCS = [
     {"question": "What makes you happy?", "choices": ["tea leaves", "thunder"], "label": 0},
     {"question": "Farewell, friend!", "choices": ["Until we meet again.", "Good tea.", "No."], "label": 0},
 ]
-GEN_DOCS = [{"question": "<|user|>\nWhat is your motto?<|end|>\n<|assistant|>\n", "answer": "Slow water makes good tea."},
+GEN_DOCS = [{"question": "<|user|>\nWhat is your motto?<|end|>\n<|assistant|>\n",
+             "answer": "Slow water makes good tea."},
             {"question": "Greetings", "answer": "friend"}]
 ROLLING_DOCS = [{"text": "Slow water makes good tea. I have lived by those words all my life."},
                 {"text": "Greetings, friend!"}]

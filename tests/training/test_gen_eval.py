@@ -95,7 +95,8 @@ def test_generate_replies_detects_stops_like_plain_greedy_decoding():
 def test_scores_and_stop_share():
     tok = phi_models.load_tokenizer("tiny")
     texts = ["Slow water makes good tea.", "I am Master Chen.", "Goodbye, friend."]
-    cases = [GenerationCase(prompt_ids=tok.encode("Q"), reference_ids=tok.encode(t) + [tok.eos_token_id]) for t in texts]
+    cases = [GenerationCase(prompt_ids=tok.encode("Q"), reference_ids=tok.encode(t) + [tok.eos_token_id])
+             for t in texts]
     replies = [Reply(ids=tok.encode(texts[0]), stopped=True), Reply(ids=tok.encode("I am Chen."), stopped=False),
                Reply(ids=tok.encode("Hello there, friend and more"), stopped=True)]
     result = score_replies(cases, replies, tok)
