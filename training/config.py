@@ -293,6 +293,9 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f"--max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
     if cfg.limit is not None and cfg.limit < 1:
         raise TrainingError(f"--limit must be >= 1, got {cfg.limit}")
+    if cfg.eval_generate and cfg.train_on_prompt:
+        raise TrainingError("--eval-generate needs masked prompts to generate from, and --train-on-prompt makes every "
+                            "token a target; drop one of them (philora eval RUN can still generate afterwards)")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

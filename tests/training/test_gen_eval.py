@@ -105,3 +105,17 @@ def test_scores_and_stop_share():
     assert m["reply_tokens"] == pytest.approx(sum(len(r.ids) for r in replies) / 3)
     assert result.samples[0]["rouge1"] == 1.0 and result.samples[0]["reference"] == texts[0]
     assert m["rougeL"] == pytest.approx(sum(s["rougeL"] for s in result.samples) / 3)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--eval-generate", "-1"], "--eval-generate must be >= 0"),
+    (["--eval-generate-tokens", "0"], "--eval-generate-tokens must be >= 1"),
+    (["--eval-generate", "4", "--train-on-prompt"], "--eval-generate needs masked prompts"),
+])
+def test_eval_generate_options_are_checked(extra, message):
+    from training.config import parse_config
+    from training.errors import TrainingError
+
+    with pytest.raises(TrainingError, match=message):
+        parse_config(["--model", "tiny", "--data", "samples/roleplay", *extra])
+    assert parse_config(["--model", "tiny", "--data", "samples/roleplay", "--eval-generate", "4"]).eval_generate == 4
