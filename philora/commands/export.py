@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="peft",
                         help="peft: adapter_config.json + adapter_model.safetensors (transformers + peft, vLLM); "
                              "philora: adapter.safetensors for --adapter")
-    parser.add_argument("--adapter", default=None, help="adapter file or PEFT directory to use instead of the run's own")
+    parser.add_argument("--adapter", default=None,
+                        help="adapter file or PEFT directory to use instead of the run's own")
     parser.add_argument("--device", default="cpu", help="device to load the model on")
 
 

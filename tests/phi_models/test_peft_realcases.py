@@ -119,5 +119,5 @@ def test_real_broken_two_byte_safetensors_is_refused(tmp_path):
     shutil.copyfile(REALCASES / "phi-1_5__megajajo__2024-05__adapter_config.json", adapter / "adapter_config.json")
     shutil.copyfile(REALCASES / "phi-1_5__megajajo__2024-05__adapter_model.safetensors.BROKEN-2-bytes",
                     adapter / "adapter_model.safetensors")
-    with pytest.raises(PhiModelError, match="adapter_model.safetensors: not a readable safetensors file"):
+    with pytest.raises(PhiModelError, match="adapter_model.safetensors is not a readable safetensors file"):
         phi_models.load_peft_adapter(_model_for("microsoft/phi-1_5"), adapter)

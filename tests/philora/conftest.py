@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-TRAIN_ARGS = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "16", "--max-seq-len", "64", "--batch-size", "2",
-              "--max-steps", "3", "--lr", "1e-2", "--device", "cpu", "--precision", "fp32", "--sample-tokens", "0",
+TRAIN_ARGS = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "16", "--max-seq-len", "64",
+              "--batch-size", "2", "--max-steps", "3", "--lr", "1e-2", "--device", "cpu", "--precision", "fp32",
+              "--sample-tokens", "0",
               "--eval-every", "0", "--eval-batches", "1", "--save-every", "0", "--targets", "q_proj,v_proj,dense,fc1"]
 
 

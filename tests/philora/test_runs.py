@@ -84,4 +84,4 @@ def test_adapter_for_another_base_names_key_and_shapes(tmp_path):
     with pytest.raises(RunError) as info:
         load_for_inference("tiny", adapter=tmp_path / "other.safetensors", device="cpu")
     message = str(info.value)
-    assert "model.layers.0.mlp.fc1.lora_A: adapter [4, 32] vs model [4, 256]" in message and "\n" not in message
+    assert "model.layers.0.mlp.fc1.lora_A: file (4, 32) vs model (4, 256)" in message and "\n" not in message
