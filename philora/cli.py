@@ -20,6 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("philora.commands.export", "write a run's adapter in PEFT's format (transformers + peft, vLLM)"),
     "merge": ("philora.commands.merge", "fold a run's adapter into its base and write a Hugging Face checkpoint"),
     "push": ("philora.commands.push", "upload a run's PEFT adapter (or merged model) to the Hugging Face Hub"),
+    "eval": ("philora.commands.eval", "loss, perplexity, ROUGE, exact match and stop share of a run or model on a split"),
+    "report": ("philora.commands.report", "plot a run's curves (PNG) and summarize its metrics"),
+    "lm-eval": ("philora.commands.lm_eval", "lm-evaluation-harness with the philora model registered (lm_eval's own options)"),
 }
 
 

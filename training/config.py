@@ -64,6 +64,8 @@ class TrainConfig:
     keep_last: int = _opt(3, "keep only the newest K checkpoints", kind=int, group="output")
     eval_every: int = _opt(200, "evaluate every N optimizer steps (0: only at the end)", kind=int, group="output")
     eval_batches: int | None = _opt(None, "evaluate on at most N batches (default: the whole validation split)", kind=int, group="output")
+    eval_generate: int = _opt(0, "at every evaluation also generate from the first N validation prompts and log ROUGE, exact match, length and stop share", kind=int, group="output")
+    eval_generate_tokens: int = _opt(128, "most new tokens per reply for --eval-generate", kind=int, group="output")
     log_every: int = _opt(10, "write a metrics line every N optimizer steps", kind=int, group="output")
     sample_prompt: str | None = _opt(None, "prompt for the sample generation printed at the end (default: the first validation example's prompt)", kind=str, group="output")
     sample_tokens: int = _opt(48, "tokens to generate for the sample at the end (0: no sample)", kind=int, group="output")
@@ -274,11 +276,11 @@ def validate(cfg: TrainConfig) -> None:
     if not cfg.data:
         raise TrainingError("--data is required (e.g. --data roleplay); run `python train.py` with no arguments for the offline demo")
     positive = ["batch_size", "eval_batch_size", "grad_accum", "lora_r", "max_seq_len", "keep_last", "log_every", "loss_chunk",
-                "pad_multiple"]
+                "pad_multiple", "eval_generate_tokens"]
     for name in positive:
         if getattr(cfg, name) < 1:
             raise TrainingError(f"{flag_name(name)} must be >= 1, got {getattr(cfg, name)}")
-    for name in ["save_every", "eval_every", "sample_tokens"]:
+    for name in ["save_every", "eval_every", "sample_tokens", "eval_generate"]:
         if getattr(cfg, name) < 0:
             raise TrainingError(f"{flag_name(name)} must be >= 0, got {getattr(cfg, name)}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
@@ -301,6 +303,9 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f"--max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
     if cfg.limit is not None and cfg.limit < 1:
         raise TrainingError(f"--limit must be >= 1, got {cfg.limit}")
+    if cfg.eval_generate and cfg.train_on_prompt:
+        raise TrainingError("--eval-generate needs masked prompts to generate from, and --train-on-prompt makes every "
+                            "token a target; drop one of them (philora eval RUN can still generate afterwards)")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

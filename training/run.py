@@ -181,6 +181,15 @@ def add_lora(cfg: TrainConfig, model: torch.nn.Module) -> tuple[list[str], dict]
     return targets, dict(model.lora_core_config, base_model=cfg.model)
 
 
+def validation_batches(cfg: TrainConfig, examples: list, pad_id: int) -> list[dict]:
+    """The evaluation batches of ``examples`` exactly as training builds them (``philora eval`` reuses this)."""
+    import data
+
+    return data.make_batches(examples, batch_size=cfg.eval_batch_size, max_seq_len=cfg.max_seq_len, pad_id=pad_id,
+                             packing=cfg.packing, shuffle=False, seed=cfg.seed, epoch=0,
+                             pad_to_multiple=cfg.pad_multiple)
+
+
 def plan_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
     """Optimizer steps of the run: --max-steps, else --epochs worth of accumulation windows."""
     if cfg.max_steps is not None:
@@ -225,9 +234,7 @@ def run(cfg: TrainConfig) -> int:
                                  pad_id=pad_id, packing=cfg.packing, shuffle=True, seed=cfg.seed, epoch=epoch,
                                  pad_to_multiple=cfg.pad_multiple)
 
-    val_batches = data.make_batches(prepared.val, batch_size=cfg.eval_batch_size, max_seq_len=cfg.max_seq_len,
-                                    pad_id=pad_id, packing=cfg.packing, shuffle=False, seed=cfg.seed, epoch=0,
-                                    pad_to_multiple=cfg.pad_multiple)
+    val_batches = validation_batches(cfg, prepared.val, pad_id)
     first_epoch = epoch_batches(0)
     total_steps = plan_steps(cfg, len(first_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -264,6 +271,12 @@ def run(cfg: TrainConfig) -> int:
                             max_time_s=cfg.max_time * 60 if cfg.max_time else None, adapter_config=adapter_config,
                             run_config=locked_config(cfg, targets))
     metrics = MetricsLog(out, resume_step=state.step if resume_from is not None else None)
+    generation_eval = None
+    if cfg.eval_generate:
+        from training.gen_eval import training_generation_eval
+        generation_eval = training_generation_eval(tokenizer, prepared.val, count=cfg.eval_generate,
+                                                   max_new_tokens=cfg.eval_generate_tokens,
+                                                   batch_size=cfg.eval_batch_size, precision=precision)
     progress = ProgressBar(total_steps, start_step=state.step)
     say(f"training {total_steps} step{'s' if total_steps != 1 else ''} on {device} in {precision.name}"
         f"{' with a 4-bit ' + cfg.quantize + ' base' if cfg.quantize != 'none' else ''}: "
@@ -273,7 +286,7 @@ def run(cfg: TrainConfig) -> int:
         result = fit(model, epoch_batches=lambda e: first_epoch if e == 0 else epoch_batches(e), val_batches=val_batches,
                      optimizer=optimizer, schedule=schedule, scaler=scaler, precision=precision, settings=settings,
                      state=state, output_dir=str(out), metrics=metrics, progress=progress,
-                     last_checkpoint=str(existing[-1]) if existing else None)
+                     last_checkpoint=str(existing[-1]) if existing else None, generation_eval=generation_eval)
     finally:
         metrics.close()
 
@@ -287,6 +300,8 @@ def run(cfg: TrainConfig) -> int:
     from training.run_record import write_peft_dir
     write_peft_dir(model, out, record, say)
     print_summary(result, adapter_path, device, start_step)
+    from training.plots import plot_summary_line
+    say(plot_summary_line(out))
     if cfg.sample_tokens:
         print_sample(cfg, model, tokenizer, prepared, precision)
     return 0
