@@ -91,11 +91,11 @@ def test_phi2_slices_and_rslora_match_the_converter(tmp_path, llama_cpp_dir):
     peft_dir = tmp_path / "phi2-adapter"
     peft_model.save_pretrained(peft_dir)
     theirs = tmp_path / "theirs.gguf"
-    run_converter(llama_cpp_dir, "convert_lora_to_gguf.py", "--base", str(hf_dir), "--outtype", "f32",
+    run_converter(llama_cpp_dir, "convert_lora_to_gguf.py", "--base", str(hf_dir), "--outtype", "f16",
                   "--outfile", str(theirs), str(peft_dir))
     adapter = tmp_path / "adapter.safetensors"
     lora_core.save_adapter(ours, adapter)
-    mine = write_gguf_lora(*lora_core.read_adapter(adapter), config, tmp_path / "ours.gguf", dtype="f32",
+    mine = write_gguf_lora(*lora_core.read_adapter(adapter), config, tmp_path / "ours.gguf", dtype="f16",
                            name=peft_dir.name, card_dir=peft_dir)
 
     their_fields, their_tensors = read_gguf(theirs)
