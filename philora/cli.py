@@ -14,6 +14,9 @@ import sys
 # or main(argv) -> int when it parses its own arguments (train reuses TrainConfig's parser).
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("philora.commands.train", "fine-tune a Phi model with LoRA/QLoRA (same options as python train.py)"),
+    "export": ("philora.commands.export", "write a run's adapter in PEFT's format (transformers + peft, vLLM)"),
+    "merge": ("philora.commands.merge", "fold a run's adapter into its base and write a Hugging Face checkpoint"),
+    "push": ("philora.commands.push", "upload a run's PEFT adapter (or merged model) to the Hugging Face Hub"),
 }
 
 

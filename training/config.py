@@ -26,6 +26,7 @@ OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw", "paged_adamw8bit")
 SCHEDULES = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+RESOLVED_KEY = "resolved"  # section of train_config.yaml written by training.run_record, skipped on --config
 
 
 def _opt(default: Any, help: str, *, kind: type, choices: tuple | None = None, group: str = "run"):
@@ -40,6 +41,7 @@ class TrainConfig:
     # what to train
     model: str | None = _opt(None, "model: a preset (tiny, phi-1.5, phi-2, phi-3-mini-4k, ...), a hub repo id or a local directory", kind=str, group="what")
     data: str | None = _opt(None, "dataset: roleplay, tweetsumm, oasst1, samples/<name> (bundled) or a local .jsonl/.json/.parquet file", kind=str, group="what")
+    revision: str | None = _opt(None, "hub revision (branch, tag or commit) of --model (default: the main branch)", kind=str, group="what")
     tokenizer: str | None = _opt(None, "tokenizer to use (default: the model's own)", kind=str, group="what")
     template: str | None = _opt(None, "prompt format passed to data.prepare (default: the model's chat format, or the data's own)", kind=str, group="what")
     limit: int | None = _opt(None, "use only the first N records of the dataset", kind=int, group="what")
@@ -86,6 +88,7 @@ class TrainConfig:
     lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r)", kind=float, group="lora")
     lora_dropout: float = _opt(0.05, "dropout on the LoRA input", kind=float, group="lora")
     targets: str | None = _opt(None, "comma-separated module names to adapt (default: all attention and MLP projections of the model family)", kind=str, group="lora")
+    adapter: str | None = _opt(None, "start from this adapter instead of a fresh LoRA: a philora adapter file or a PEFT adapter directory (its r, alpha and targets are used; default: none)", kind=str, group="lora")
 
     # hardware and precision
     device: str = _opt("auto", "cuda when available, else cpu", kind=str, choices=DEVICES, group="hw")
@@ -222,6 +225,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     unknown = []
     for key, value in raw.items():
+        if key == RESOLVED_KEY:  # a run's train_config.yaml: what the run resolved, not options
+            continue
         name = str(key).lstrip("-").replace("-", "_")
         if name not in FIELDS:
             unknown.append(str(key))
@@ -293,9 +298,13 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def dump_config(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> str:
-    """YAML text of the resolved config, readable back with ``--config`` (``extra`` goes in a comment)."""
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+def dump_config(cfg: TrainConfig, extra: dict[str, Any] | None = None, resolved: dict[str, Any] | None = None) -> str:
+    """YAML text of the resolved config, readable back with ``--config`` (``extra`` goes in a comment,
+    ``resolved`` into a ``resolved:`` section that ``--config`` skips)."""
+    values = config_to_dict(cfg)
+    if resolved is not None:
+        values[RESOLVED_KEY] = resolved
+    text = yaml.safe_dump(values, sort_keys=False)
     if extra:
         notes = "".join(f"# {k}: {v}\n" for k, v in extra.items())
         text = "# resolved by train.py\n" + notes + text

@@ -133,7 +133,7 @@ def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Preci
     import data
     import phi_models
 
-    tokenizer = phi_models.load_tokenizer(cfg.tokenizer or cfg.model)
+    tokenizer = phi_models.load_tokenizer(cfg.tokenizer or cfg.model, revision=None if cfg.tokenizer else cfg.revision)
     prepared = data.prepare(cfg.data, tokenizer, template=cfg.template, max_seq_len=cfg.max_seq_len,
                             train_on_prompt=cfg.train_on_prompt, val_fraction=cfg.val_fraction,
                             seed=cfg.seed, limit=cfg.limit)
@@ -141,7 +141,7 @@ def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Preci
         raise TrainingError(f"--data {cfg.data}: no training examples after preparation; check the source and --limit")
     quantize = None if cfg.quantize == "none" else cfg.quantize
     dtype = base_dtype(cfg.dtype, precision)
-    model = phi_models.from_pretrained(cfg.model, dtype=dtype, device=device, quantize=quantize)
+    model = phi_models.from_pretrained(cfg.model, dtype=dtype, device=device, quantize=quantize, revision=cfg.revision)
     if quantize is not None:
         keep_4bit_weights_trainable(model)
     return tokenizer, prepared, model
@@ -163,6 +163,10 @@ def add_lora(cfg: TrainConfig, model: torch.nn.Module) -> tuple[list[str], dict]
     """Inject LoRA (fp32 factors, base frozen) into the targets; returns them and the adapter config."""
     import lora_core
 
+    if cfg.adapter:  # continue training an adapter (ours or PEFT's): its layout replaces --targets/--lora-r
+        from phi_models.adapters import attach_adapter
+        config = attach_adapter(model, cfg.adapter, lora_dropout=cfg.lora_dropout)
+        return list(config.get("adapted") or config["targets"]), dict(model.lora_core_config, base_model=cfg.model)
     targets = resolve_targets(cfg, model)
     # inject's freeze_base (the default) freezes all but the LoRA factors, biases too (loralib's bias='none').
     lora_core.inject(model, targets=targets, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
@@ -229,8 +233,12 @@ def run(cfg: TrainConfig) -> int:
         say(f"resuming from {resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_index})")
 
     from lora_core import atomic_write
+    from training.run_record import build_record
+    record = build_record(cfg, model=model, tokenizer=tokenizer, template=prepared.template, targets=targets,
+                          adapter_config=adapter_config, precision=precision.name, device=str(device),
+                          total_steps=total_steps)
     resolved = dump_config(cfg, extra={"precision": precision.name, "device": str(device), "targets": ",".join(targets),
-                                       "total_steps": total_steps})
+                                       "total_steps": total_steps}, resolved=record)
     atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(resolved, encoding="utf-8"))
 
     settings = LoopSettings(total_steps=total_steps, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm,
@@ -259,6 +267,8 @@ def run(cfg: TrainConfig) -> int:
 
     adapter_path = out / FINAL_ADAPTER
     lora_core.save_adapter(model, adapter_path, config=adapter_config)
+    from training.run_record import write_peft_dir
+    write_peft_dir(model, out, record, say)
     print_summary(result, adapter_path, device)
     if cfg.sample_tokens:
         print_sample(cfg, model, tokenizer, prepared, precision)
