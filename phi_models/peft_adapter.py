@@ -223,8 +223,8 @@ def _plan_module(model, module_name, items, rslora, fused, source) -> ModulePlan
     out_features, in_features = _out_in(module)
     if items[0][0] is None:  # a PEFT adapter on the module itself
         (_, name, a, b, mag, r, alpha), = items
-        _check_shape(source, f"{PEFT_PREFIX}{name}.lora_A", a.shape, (r, in_features))
-        _check_shape(source, f"{PEFT_PREFIX}{name}.lora_B", b.shape, (out_features, r))
+        _check_shape(source, f"{PEFT_PREFIX}{name}.lora_A.weight", a.shape, (r, in_features))
+        _check_shape(source, f"{PEFT_PREFIX}{name}.lora_B.weight", b.shape, (out_features, r))
         if mag is not None:
             _check_shape(source, f"{PEFT_PREFIX}{name}.lora_magnitude_vector", mag.shape, (out_features,))
         hint = fused.get(name)
@@ -239,8 +239,8 @@ def _plan_module(model, module_name, items, rslora, fused, source) -> ModulePlan
     ordered = [slot for slot in slices if slot in by_slot]
     for slot in ordered:
         name, a, b, mag, r, _ = by_slot[slot]
-        _check_shape(source, f"{PEFT_PREFIX}{name}.lora_A", a.shape, (r, in_features))
-        _check_shape(source, f"{PEFT_PREFIX}{name}.lora_B", b.shape, (slices[slot], r))
+        _check_shape(source, f"{PEFT_PREFIX}{name}.lora_A.weight", a.shape, (r, in_features))
+        _check_shape(source, f"{PEFT_PREFIX}{name}.lora_B.weight", b.shape, (slices[slot], r))
         if mag is not None:
             _check_shape(source, f"{PEFT_PREFIX}{name}.lora_magnitude_vector", mag.shape, (slices[slot],))
     settings = {(by_slot[s][4], by_slot[s][5]) for s in ordered}
