@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("philora.commands.train", "fine-tune a Phi model with LoRA/QLoRA (same options as python train.py)"),
     "export": ("philora.commands.export", "write a run's adapter in PEFT's format (transformers + peft, vLLM)"),
     "merge": ("philora.commands.merge", "fold a run's adapter into its base and write a Hugging Face checkpoint"),
+    "check": ("philora.commands.check", "list what peft / vLLM / llama.cpp / Ollama would refuse in a run's adapter"),
     "push": ("philora.commands.push", "upload a run's PEFT adapter (or merged model) to the Hugging Face Hub"),
 }
 

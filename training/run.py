@@ -270,6 +270,10 @@ def run(cfg: TrainConfig) -> int:
     from training.run_record import write_peft_dir
     write_peft_dir(model, out, record, say)
     print_summary(result, adapter_path, device)
+    from deploy.checks import training_warnings
+
+    for line in training_warnings(out):  # what peft / vLLM / llama.cpp / Ollama would refuse, said now
+        say(line)
     if cfg.sample_tokens:
         print_sample(cfg, model, tokenizer, prepared, precision)
     return 0

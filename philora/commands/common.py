@@ -22,7 +22,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from phi_models import HubError, PhiModelError
     from philora.runs import RunError
 
-    return (CommandError, RunError, LoRAError, PhiModelError, HubError)
+    from deploy import DeployError
+
+    return (CommandError, RunError, LoRAError, PhiModelError, HubError, DeployError)
 
 
 def fresh_out_dir(path: str) -> Path:
