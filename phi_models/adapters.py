@@ -14,7 +14,8 @@ def attach_adapter(model: nn.Module, path: str | Path, *, lora_dropout: float | 
 
     ``path`` is a ``lora_core.save_adapter`` file (its metadata says r, alpha and targets) or a PEFT adapter
     directory (``load_peft_adapter``). A file whose shapes do not fit the model fails with one error naming
-    each key and both shapes.
+    each key and both shapes. ``lora_dropout`` overrides a PEFT config's dropout (a philora file keeps the
+    dropout it records). Only the LoRA parameters stay trainable.
     """
     import lora_core
 
@@ -25,29 +26,11 @@ def attach_adapter(model: nn.Module, path: str | Path, *, lora_dropout: float | 
         return load_peft_adapter(model, path, lora_dropout=lora_dropout)
     if not path.is_file():
         raise PhiModelError(f"{path}: no such adapter file or PEFT adapter directory")
-    tensors, config = lora_core.read_adapter(path)
-    if not config.get("targets") and not config.get("modules"):
-        raise PhiModelError(f"{path}: the adapter file records no LoRA config (targets, r); it was not written by "
-                            f"lora_core.save_adapter; inject LoRA yourself and use lora_core.load_adapter")
-    dropout = float(config.get("lora_dropout", 0.0)) if lora_dropout is None else lora_dropout
-    common = dict(lora_dropout=dropout, use_rslora=bool(config.get("use_rslora")))
-    if config.get("modules"):  # per-module ranks (an imported PEFT adapter saved by philora)
-        for spec in config["modules"].values():
-            lora_core.inject(model, targets=spec["targets"], r=int(spec["r"]), lora_alpha=spec["lora_alpha"],
-                             use_dora=bool(spec.get("use_dora")), **common)
-    else:
-        lora_core.inject(model, targets=config["targets"], r=int(config["r"]), lora_alpha=config["lora_alpha"],
-                         exclude=config.get("exclude"), use_dora=bool(config.get("use_dora")), **common)
-    _check_shapes(model, tensors, path)
-    lora_core.load_adapter(model, path, strict=True)
-    model.lora_core_config = dict(config)
-    return dict(config)
-
-
-def _check_shapes(model: nn.Module, tensors: dict, path: Path) -> None:
-    own = model.state_dict()
-    mismatched = [f"{key}: adapter {list(value.shape)} vs model {list(own[key].shape)}"
-                  for key, value in tensors.items() if key in own and own[key].shape != value.shape]
-    if mismatched:
-        raise PhiModelError(f"{path}: adapter for another base model; shape mismatch at {mismatched[0]}"
-                            + (f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""))
+    _, config = lora_core.read_adapter(path)
+    if not config.get("adapted"):
+        raise PhiModelError(f"{path}: the adapter file records no LoRA config (its adapted layers, r); it was not "
+                            f"written by lora_core.save_adapter; inject LoRA yourself and use lora_core.load_adapter")
+    # the file's config names its layers, ranks and patterns: lora_core creates them, then loads (shapes checked)
+    lora_core.load_adapter(model, path, strict=True, adapter_name=lora_core.DEFAULT_ADAPTER)
+    lora_core.mark_only_lora_as_trainable(model)
+    return dict(model.lora_core_config)

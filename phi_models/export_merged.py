@@ -185,7 +185,7 @@ def export_merged(model: nn.Module, out_dir: str | Path, dtype: str | torch.dtyp
                   "pad_token_id": config.pad_token_id}
     _write_json(out / "generation_config.json", {k: v for k, v in generation.items() if v is not None})
     copied = _copy_tokenizer(base_model, revision, out)
-    info = {"base_model": base_model, "revision": revision, "dtype": _DTYPE_NAMES.get(target), "tokenizer_files": copied,
-            **(extra_info or {})}
+    info = {"base_model": base_model, "revision": revision, "dtype": _DTYPE_NAMES.get(target),
+            "tokenizer_files": copied, **(extra_info or {})}
     _write_json(out / "philora.json", info)
     return out

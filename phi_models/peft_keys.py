@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,10 +25,6 @@ from torch import nn
 from .errors import PhiModelError
 from .keymap import map_key
 
-PEFT_PREFIX = "base_model.model."
-_FACTOR_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_A|lora_B)(?:\.(?P<adapter>[^.]+))?\.weight$")
-_EMBED_KEY = re.compile(r"^(?P<module>.+)\.(?P<kind>lora_embedding_A|lora_embedding_B)(?:\.(?P<adapter>[^.]+))?$")
-_MAGNITUDE_KEY = re.compile(r"^(?P<module>.+)\.lora_magnitude_vector(?:\.(?P<adapter>[^.]+))?(?:\.weight)?$")
 
 
 @dataclass
@@ -42,7 +38,6 @@ class PeftModule:
     alpha: float
     magnitude: torch.Tensor | None = None
     embedding: bool = False
-    fused_from: dict | None = None  # ours -> PEFT: {"r", "lora_alpha", "slices"} of a stacked per-slice adapter
 
 
 def scaling(alpha: float, r: int, use_rslora: bool) -> float:
@@ -69,7 +64,7 @@ def _sibling(name: str, leaf: str) -> str:
 
 def lora_modules_to_peft(model: nn.Module) -> list[PeftModule]:
     """Every LoRA layer of ``model`` as PEFT modules on transformers names (exact, see module docstring)."""
-    from lora_core import Embedding, LoRALayer
+    from lora_core import Embedding, LoRALayer, MergedLinear
     from lora_core.merged import block_lora_B
 
     out: list[PeftModule] = []
@@ -82,7 +77,8 @@ def lora_modules_to_peft(model: nn.Module) -> list[PeftModule]:
         if isinstance(layer, Embedding):
             out.append(PeftModule(name, A, B, r, alpha, embedding=True))
         elif hasattr(layer, "_enabled_spans"):  # per-slice adapter on a fused module
-            info = [s for s in layer.slice_info() if s["enabled"]]
+            # MergedLinear's method also serves the 4-bit fused class, which has the same slice attributes
+            info = [s for s in MergedLinear.slice_info(layer) if s["enabled"]]
             if is_phi_fused_qkv(model, name):
                 for s in info:
                     a0, a1 = s["lora_A_rows"]
@@ -91,8 +87,7 @@ def lora_modules_to_peft(model: nn.Module) -> list[PeftModule]:
             else:
                 n = len(info)
                 fused_alpha = alpha * (math.sqrt(n) if rslora else n)  # keeps alpha/r (or alpha/sqrt r) unchanged
-                out.append(PeftModule(name, A, block_lora_B(layer).detach(), r * n, fused_alpha,
-                                      fused_from={"r": r, "lora_alpha": alpha, "slices": [s["name"] for s in info]}))
+                out.append(PeftModule(name, A, block_lora_B(layer).detach(), r * n, fused_alpha))
         elif is_phi_fused_qkv(model, name):  # one adapter on the whole fused qkv: share A, split B by rows
             start = 0
             for slot, size in _slice_names(layer):
@@ -181,62 +176,21 @@ def peft_config_for(model: nn.Module, entries: list[PeftModule], *, base_model_n
     }
 
 
-def peft_tensors_for(entries: list[PeftModule]) -> dict[str, torch.Tensor]:
-    """The adapter_model.safetensors tensors, with PEFT's key names."""
-    tensors = {}
+def peft_parts_for(entries: list[PeftModule]) -> dict[str, dict[str, torch.Tensor]]:
+    """{PEFT module name: {part: tensor}} for ``lora_core.join_peft_tensors`` (PEFT's key names)."""
+    modules = {}
     for e in entries:
-        prefix = PEFT_PREFIX + e.name
         if e.embedding:
-            tensors[f"{prefix}.lora_embedding_A"] = e.lora_A
-            tensors[f"{prefix}.lora_embedding_B"] = e.lora_B
+            parts = {"lora_embedding_A": e.lora_A, "lora_embedding_B": e.lora_B}
         else:
-            tensors[f"{prefix}.lora_A.weight"] = e.lora_A
-            tensors[f"{prefix}.lora_B.weight"] = e.lora_B
+            parts = {"lora_A": e.lora_A, "lora_B": e.lora_B}
         if e.magnitude is not None:
-            tensors[f"{prefix}.lora_magnitude_vector"] = e.magnitude
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+            parts["lora_magnitude_vector"] = e.magnitude
+        modules[e.name] = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in parts.items()}
+    return modules
 
 
 # ---- PEFT -> ours -------------------------------------------------------------------------------
-
-
-def pattern_value(pattern: dict | None, module_name: str, default):
-    """PEFT's rank_pattern/alpha_pattern lookup: the first key matching the end of the module name."""
-    for key, value in (pattern or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module_name):
-            return value
-    return default
-
-
-@dataclass
-class ParsedModule:
-    """The tensors a PEFT file holds for one module path."""
-
-    name: str
-    parts: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def parse_peft_tensors(tensors: dict[str, torch.Tensor], source: str) -> tuple[dict[str, ParsedModule], dict]:
-    """Group PEFT tensors by module: ({module path: ParsedModule}, {other key: tensor} e.g. modules_to_save)."""
-    modules: dict[str, ParsedModule] = {}
-    others = {}
-    for key, value in tensors.items():
-        bare = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
-        if ".lora_B.bias" in bare or ".lora_bias" in bare:
-            raise PhiModelError(f"{source}: tensor {key!r} is a LoRA bias (lora_bias=True); philora's LoRA has no "
-                                f"bias on B, so this adapter cannot be represented exactly")
-        for pattern, kinds in ((_FACTOR_KEY, None), (_EMBED_KEY, None), (_MAGNITUDE_KEY, "magnitude")):
-            match = pattern.match(bare)
-            if match:
-                kind = kinds or match.group("kind")
-                modules.setdefault(match.group("module"), ParsedModule(match.group("module"))).parts[kind] = value
-                break
-        else:
-            if "lora_" in bare:
-                raise PhiModelError(f"{source}: tensor {key!r} is not a LoRA tensor philora knows "
-                                    f"(expected lora_A/lora_B/lora_embedding_A/B/lora_magnitude_vector)")
-            others[bare] = value
-    return modules, others
 
 
 def our_target(model: nn.Module, peft_name: str, source: str) -> tuple[str, str | None]:

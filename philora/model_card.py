@@ -31,25 +31,27 @@ def render_card(run: RunInfo, repo_id: str, *, merged: bool, license_name: str =
     """README.md text for ``repo_id``: front matter, what was trained, results, and how to load it."""
     meta = front_matter(run, merged=merged, license_name=license_name)
     base = meta["base_model"]
-    rows = [f"| {name} | {run.config.get(name)} |" for name in _HYPERPARAMETERS if name in run.config]
+    values = dict(run.config, precision=run.resolved.get("precision", run.config.get("precision")))
+    rows = [f"| {name} | {values.get(name)} |" for name in _HYPERPARAMETERS if name in values]
     rows.append(f"| targets | {', '.join(run.targets) or run.config.get('targets')} |")
     rows.append(f"| template | {run.template} |")
     final = run.final_eval
-    results = (f"Final evaluation loss **{final['loss']:.4f}**, perplexity **{final['ppl']:.2f}** (step {final['step']})."
-               if final else "The run recorded no evaluation (no validation split).")
+    results = (f"Final evaluation loss **{final['loss']:.4f}**, perplexity **{final['ppl']:.2f}** "
+               f"(step {final['step']})." if final else "The run recorded no evaluation (no validation split).")
     if merged:
         usage = (f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
                  f"model = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
                  f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")\n```\n")
     else:
         usage = (f"```python\nfrom transformers import AutoModelForCausalLM\nfrom peft import PeftModel\n"
-                 f"model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(\"{base}\"), \"{repo_id}\")\n```\n")
-    philora_usage = (f"```python\nimport philora.runs\nloaded = philora.runs.load_for_inference("
-                     + (f"\"<downloaded dir>\")" if merged else f"\"{base}\", adapter=\"<downloaded dir>\")") + "\n```\n")
+                 f"base = AutoModelForCausalLM.from_pretrained(\"{base}\")\n"
+                 f"model = PeftModel.from_pretrained(base, \"{repo_id}\")\n```\n")
+    call = '"<downloaded dir>"' if merged else f'"{base}", adapter="<downloaded dir>"'
+    philora_usage = f"```python\nimport philora.runs\nloaded = philora.runs.load_for_inference({call})\n```\n"
     text = "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n"
     text += f"# {repo_id.split('/')[-1]}\n\n"
     text += (f"{'A merged model' if merged else 'A LoRA adapter'} for [{base}](https://huggingface.co/{base}), "
-             f"fine-tuned with [philora](https://github.com/) on `{run.config.get('data')}`"
+             f"fine-tuned with philora on `{run.config.get('data')}`"
              f"{' with a 4-bit ' + run.quantize + ' base (QLoRA)' if run.quantize else ''}.\n\n")
     text += "## Training\n\n| setting | value |\n|---|---|\n" + "\n".join(rows) + "\n\n"
     text += f"## Results\n\n{results}\n\n"

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default="peft",
                         help="peft: adapter_config.json + adapter_model.safetensors (transformers + peft, vLLM); "
                              "philora: adapter.safetensors for --adapter; gguf-lora/gguf/ollama/vllm: see docs/deploy.md")
-    parser.add_argument("--adapter", default=None, help="adapter file or PEFT directory to use instead of the run's own")
+    parser.add_argument("--adapter", default=None,
+                        help="adapter file or PEFT directory to use instead of the run's own")
     parser.add_argument("--device", default="cpu", help="device to load the model on")
     from deploy.export_formats import add_arguments as add_deploy_arguments
 

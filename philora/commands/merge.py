@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="new (or empty) directory for the merged checkpoint")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="stored dtype; auto: the base's dtype (fp32 for a 4-bit base)")
-    parser.add_argument("--adapter", default=None, help="adapter file or PEFT directory to use instead of the run's own")
+    parser.add_argument("--adapter", default=None,
+                        help="adapter file or PEFT directory to use instead of the run's own")
     parser.add_argument("--device", default="cpu", help="device to load the model on")
 
 

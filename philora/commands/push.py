@@ -74,8 +74,8 @@ def _build_folder(args, run, folder: Path) -> None:
             (folder / name).write_bytes((run.peft_dir / name).read_bytes())
     else:  # a run from before peft/ existed: export it now
         loaded = load_for_inference(run.path, device="cpu")
-        phi_models.export_peft_adapter(loaded.model, folder, base_model_name_or_path=run.base_model_repo or run.base_model,
-                                       revision=run.revision)
+        base = run.base_model_repo or run.base_model
+        phi_models.export_peft_adapter(loaded.model, folder, base_model_name_or_path=base, revision=run.revision)
     card = render_card(run, args.repo, merged=args.merged, license_name=args.license)
     (folder / "README.md").write_text(card, encoding="utf-8")
 

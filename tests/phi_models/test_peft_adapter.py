@@ -163,18 +163,19 @@ def _msft_checkpoint(hf, directory):
     for i in range(config.num_hidden_layers):
         p, q = f"model.layers.{i}.", f"transformer.h.{i}."
         for kind in ("weight", "bias"):
-            out[q + f"mixer.Wqkv.{kind}"] = torch.cat([sd[p + f"self_attn.{s}.{kind}"] for s in ("q_proj", "k_proj", "v_proj")])
+            qkv = [sd[p + f"self_attn.{s}.{kind}"] for s in ("q_proj", "k_proj", "v_proj")]
+            out[q + f"mixer.Wqkv.{kind}"] = torch.cat(qkv)
             out[q + f"mixer.out_proj.{kind}"] = sd[p + f"self_attn.dense.{kind}"]
             out[q + f"ln.{kind}"] = sd[p + f"input_layernorm.{kind}"]
             out[q + f"mlp.fc1.{kind}"] = sd[p + f"mlp.fc1.{kind}"]
             out[q + f"mlp.fc2.{kind}"] = sd[p + f"mlp.fc2.{kind}"]
     directory.mkdir()
     save_file({k: v.contiguous() for k, v in out.items()}, directory / "model.safetensors")
-    head_dim = config.hidden_size // config.num_attention_heads
+    rotary_dim = int(config.hidden_size // config.num_attention_heads * config.rope_parameters["partial_rotary_factor"])
     (directory / "config.json").write_text(json.dumps({
         "model_type": "phi-msft", "n_embd": config.hidden_size, "n_head": config.num_attention_heads,
         "n_layer": config.num_hidden_layers, "n_inner": config.intermediate_size, "vocab_size": config.vocab_size,
-        "n_positions": config.max_position_embeddings, "rotary_dim": int(head_dim * config.rope_parameters["partial_rotary_factor"]),
+        "n_positions": config.max_position_embeddings, "rotary_dim": rotary_dim,
         "layer_norm_epsilon": config.layer_norm_eps, "activation_function": "gelu_new"}))
 
 
@@ -231,12 +232,12 @@ def test_refusals_name_the_key_or_option(saved_hf, tmp_path):
     from safetensors.torch import load_file
     tensors = load_file(tmp_path / "good" / "adapter_model.safetensors")
     cases = [
-        (dict(config, peft_type="IA3"), tensors, "peft_type 'IA3'"),
-        (dict(config, use_qalora=True), tensors, "use_qalora"),
+        (dict(config, peft_type="IA3"), tensors, "peft_type='IA3'"),
+        (dict(config, use_qalora=True), tensors, "use_qalora=True"),
         (dict(config, init_lora_weights="pissa"), tensors, "init_lora_weights='pissa'"),
         (dict(config, target_modules=["q_proj", "query_key_value"]), tensors, "'query_key_value' does not exist"),
-        (dict(config, modules_to_save=["score"]), dict(tensors, **{"base_model.model.score.weight": torch.zeros(2, 80)}),
-         "'score'"),
+        (dict(config, modules_to_save=["score"]),
+         dict(tensors, **{"base_model.model.score.weight": torch.zeros(2, 80)}), "'score'"),
     ]
     key = "base_model.model.model.layers.0.mlp.fc1.lora_B.weight"
     wrong = dict(tensors, **{key: torch.zeros(999, 4)})
