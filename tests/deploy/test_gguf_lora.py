@@ -1,4 +1,5 @@
-"""gguf-lora against llama.cpp's own convert_lora_to_gguf.py, run on the PEFT form of the same adapter.
+"""gguf-lora against llama.cpp's own convert_lora_to_gguf.py, run on our PEFT export of the same adapter
+(phi_models.export_peft_adapter; a PEFT model built by hand from the same factors checks what they mean).
 
 Equal where the converter is right; where it is wrong (it writes one alpha per file and ignores
 rank_pattern/alpha_pattern/use_rslora, while llama.cpp scales each tensor by alpha over its own rank) ours
@@ -7,6 +8,7 @@ must give llama.cpp the update PEFT computes.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -87,9 +89,8 @@ def test_phi2_slices_and_rslora_match_the_converter(tmp_path, llama_cpp_dir):
                 for ab in "AB":
                     peft[peft_key(i, module, ab)].copy_(mine[f"model.layers.{i}.{module}.lora_{ab}"])
 
-    peft_model = peft_twin(hf_dir, ours, ["q_proj", "v_proj", "dense", "fc1"], {"use_rslora": True}, copy)
-    peft_dir = tmp_path / "phi2-adapter"
-    peft_model.save_pretrained(peft_dir)
+    peft_twin(hf_dir, ours, ["q_proj", "v_proj", "dense", "fc1"], {"use_rslora": True}, copy)
+    peft_dir = phi_models.export_peft_adapter(ours, tmp_path / "phi2-adapter", base_model_name_or_path=str(hf_dir))
     theirs = tmp_path / "theirs.gguf"
     run_converter(llama_cpp_dir, "convert_lora_to_gguf.py", "--base", str(hf_dir), "--outtype", "f16",
                   "--outfile", str(theirs), str(peft_dir))
@@ -133,8 +134,9 @@ def test_phi3_fused_slices_are_scaled_right_where_the_converter_is_not(tmp_path,
 
     extra = {"rank_pattern": {"qkv_proj": 2 * R}, "alpha_pattern": {"qkv_proj": 2 * ALPHA}}
     peft_model = peft_twin(hf_dir, ours, ["qkv_proj", "o_proj", "gate_up_proj"], extra, copy)
-    peft_dir = tmp_path / "phi3-adapter"
-    peft_model.save_pretrained(peft_dir)
+    peft_dir = phi_models.export_peft_adapter(ours, tmp_path / "phi3-adapter", base_model_name_or_path=str(hf_dir))
+    exported = json.loads((peft_dir / "adapter_config.json").read_text())
+    assert exported["rank_pattern"] and exported["alpha_pattern"]  # what the converter ignores
     theirs = tmp_path / "theirs.gguf"
     run_converter(llama_cpp_dir, "convert_lora_to_gguf.py", "--base", str(hf_dir), "--outtype", "q8_0",
                   "--outfile", str(theirs), str(peft_dir))
