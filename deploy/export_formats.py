@@ -65,6 +65,9 @@ def export_gguf_lora(run, args, out: Path) -> str:
 
     from .gguf_lora import write_gguf_lora
 
+    if args.adapter and Path(args.adapter).is_dir():
+        raise DeployError(f"--adapter {args.adapter}: gguf-lora reads philora adapter files (.safetensors); for a PEFT "
+                          f"directory use --format gguf (merged) or llama.cpp's convert_lora_to_gguf.py")
     tensors, config = read_adapter(args.adapter or run.adapter_file)
     config = dict(run.lora or {}, **config)
     write_gguf_lora(tensors, config, base_config(run), out, dtype=args.dtype or "f32", name=_name(run, args))
