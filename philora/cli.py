@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("philora.commands.serve", "OpenAI-compatible HTTP server: many adapters on one base, batched"),
     "export": ("philora.commands.export", "write a run's adapter in PEFT's format (transformers + peft, vLLM)"),
     "merge": ("philora.commands.merge", "fold a run's adapter into its base and write a Hugging Face checkpoint"),
+    "check": ("philora.commands.check", "list what peft / vLLM / llama.cpp / Ollama would refuse in a run's adapter"),
     "push": ("philora.commands.push", "upload a run's PEFT adapter (or merged model) to the Hugging Face Hub"),
     "eval": ("philora.commands.eval", "loss, perplexity, ROUGE, exact match and stop share of a run or model on a split"),
     "report": ("philora.commands.report", "plot a run's curves (PNG) and summarize its metrics"),

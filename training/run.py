@@ -302,6 +302,10 @@ def run(cfg: TrainConfig) -> int:
     print_summary(result, adapter_path, device, start_step)
     from training.plots import plot_summary_line
     say(plot_summary_line(out))
+    from deploy.checks import training_warnings
+
+    for line in training_warnings(out):  # what peft / vLLM / llama.cpp / Ollama would refuse, said now
+        say(line)
     if cfg.sample_tokens:
         print_sample(cfg, model, tokenizer, prepared, precision)
     return 0

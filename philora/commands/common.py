@@ -23,7 +23,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from phi_models import HubError, PhiModelError
     from philora.runs import RunError
 
-    return (CommandError, RunError, LoRAError, PhiModelError, HubError, DataError)
+    from deploy import DeployError
+
+    return (CommandError, RunError, LoRAError, PhiModelError, HubError, DataError, DeployError)
 
 
 def fresh_out_dir(path: str) -> Path:
