@@ -267,8 +267,8 @@ def run(cfg: TrainConfig) -> int:
 
     adapter_path = out / FINAL_ADAPTER
     lora_core.save_adapter(model, adapter_path, config=adapter_config)
-    from training.run_record import write_peft_dir
-    write_peft_dir(model, out, record, say)
+    from training.run_record import write_run_peft_copy
+    write_run_peft_copy(model, out, record, say)
     print_summary(result, adapter_path, device)
     if cfg.sample_tokens:
         print_sample(cfg, model, tokenizer, prepared, precision)
