@@ -7,19 +7,25 @@ import shutil
 
 from philora.commands.common import CommandError, fail, fresh_out_dir, user_errors
 
-FORMATS = ("peft", "philora")
+from deploy.export_formats import FORMATS as DEPLOY_FORMATS
+
+FORMATS = ("peft", "philora", *DEPLOY_FORMATS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``philora export``."""
     parser.add_argument("target", help="a run directory (the --output-dir of philora train), or a model with --adapter")
-    parser.add_argument("--out", required=True, help="new (or empty) directory to write")
+    parser.add_argument("--out", default=None, help="new (or empty) directory to write (a new file for gguf-lora/gguf; "
+                                                    "not used by vllm)")
     parser.add_argument("--format", choices=FORMATS, default="peft",
                         help="peft: adapter_config.json + adapter_model.safetensors (transformers + peft, vLLM); "
-                             "philora: adapter.safetensors for --adapter")
+                             "philora: adapter.safetensors for --adapter; gguf-lora/gguf/ollama/vllm: see docs/deploy.md")
     parser.add_argument("--adapter", default=None,
                         help="adapter file or PEFT directory to use instead of the run's own")
     parser.add_argument("--device", default="cpu", help="device to load the model on")
+    from deploy.export_formats import add_arguments as add_deploy_arguments
+
+    add_deploy_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +41,12 @@ def _export(args) -> int:
     import phi_models
     from philora.runs import is_run_dir, load_for_inference
 
+    if args.out is None and args.format != "vllm":
+        raise CommandError(f"--format {args.format} needs --out")
+    if args.format in DEPLOY_FORMATS:
+        from deploy.export_formats import export
+
+        return export(args)
     if not is_run_dir(args.target) and args.adapter is None:
         raise CommandError(f"{args.target}: not a run directory (no train_config.yaml); pass a run directory, "
                            f"or a model together with --adapter")
