@@ -311,8 +311,8 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
     with dist.gathered_lora(model) as writes:  # FSDP: the shards joined; only rank 0 writes
         if writes:
             lora_core.save_adapter(model, adapter_path, config=adapter_config)
-            from training.run_record import write_peft_dir
-            write_peft_dir(model, out, record, say)
+            from training.run_record import write_run_peft_copy
+            write_run_peft_copy(model, out, record, say)
     dist.barrier()
     print_summary(result, adapter_path, device, start_step)
     if dist.is_main:

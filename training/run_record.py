@@ -71,7 +71,7 @@ def build_record(cfg, *, model, tokenizer, template: str, targets: list[str], ad
     return record
 
 
-def write_peft_dir(model, out: Path, record: dict[str, Any], say) -> Path | None:
+def write_run_peft_copy(model, out: Path, record: dict[str, Any], say) -> Path | None:
     """``<out>/peft/``: the final adapter in PEFT's format (loads in transformers + peft and vLLM)."""
     from lora_core import LoRAError
     from phi_models import PhiModelError, export_peft_adapter
