@@ -27,6 +27,7 @@ OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw", "paged_adamw8bit")
 SCHEDULES = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+RESOLVED_KEY = "resolved"  # section of train_config.yaml written by training.run_record, skipped on --config
 
 
 def _opt(default: Any, help: str, *, kind: type, choices: tuple | None = None, group: str = "run"):
@@ -41,6 +42,7 @@ class TrainConfig:
     # what to train
     model: str | None = _opt(None, "model: a preset (tiny, phi-1.5, phi-2, phi-3-mini-4k, ...), a hub repo id or a local directory", kind=str, group="what")
     data: str | None = _opt(None, "dataset: roleplay, tweetsumm, oasst1, samples/<name> (bundled) or a local .jsonl/.json/.parquet file", kind=str, group="what")
+    revision: str | None = _opt(None, "hub revision (branch, tag or commit) of --model (default: the main branch)", kind=str, group="what")
     shape: str | None = _opt(None, "record shape of --data: messages, sharegpt, alpaca, prompt_completion or text (default: detected from the first record)", kind=str, group="what")
     columns: str | None = _opt(None, "rename the data's columns first: FIELD=COLUMN pairs, e.g. prompt=question,completion=answer", kind=str, group="what")
     split: str | None = _opt(None, "split of a hub dataset repo --data owner/name (default: train)", kind=str, group="what")
@@ -62,6 +64,8 @@ class TrainConfig:
     keep_last: int = _opt(3, "keep only the newest K checkpoints", kind=int, group="output")
     eval_every: int = _opt(200, "evaluate every N optimizer steps (0: only at the end)", kind=int, group="output")
     eval_batches: int | None = _opt(None, "evaluate on at most N batches (default: the whole validation split)", kind=int, group="output")
+    eval_generate: int = _opt(0, "at every evaluation also generate from the first N validation prompts and log ROUGE, exact match, length and stop share", kind=int, group="output")
+    eval_generate_tokens: int = _opt(128, "most new tokens per reply for --eval-generate", kind=int, group="output")
     log_every: int = _opt(10, "write a metrics line every N optimizer steps", kind=int, group="output")
     sample_prompt: str | None = _opt(None, "prompt for the sample generation printed at the end (default: the first validation example's prompt)", kind=str, group="output")
     sample_tokens: int = _opt(48, "tokens to generate for the sample at the end (0: no sample)", kind=int, group="output")
@@ -92,6 +96,7 @@ class TrainConfig:
     lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r)", kind=float, group="lora")
     lora_dropout: float = _opt(0.05, "dropout on the LoRA input", kind=float, group="lora")
     targets: str | None = _opt(None, "comma-separated module names to adapt (default: all attention and MLP projections of the model family)", kind=str, group="lora")
+    adapter: str | None = _opt(None, "start from this adapter instead of a fresh LoRA: a philora adapter file or a PEFT adapter directory (its r, alpha and targets are used; default: none)", kind=str, group="lora")
 
     # hardware and precision
     device: str = _opt("auto", "cuda when available, else cpu", kind=str, choices=DEVICES, group="hw")
@@ -231,6 +236,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     unknown = []
     for key, value in raw.items():
+        if key == RESOLVED_KEY:  # a run's train_config.yaml: what the run resolved, not options
+            continue
         name = str(key).lstrip("-").replace("-", "_")
         if name not in FIELDS:
             unknown.append(str(key))
@@ -269,11 +276,11 @@ def validate(cfg: TrainConfig) -> None:
     if not cfg.data:
         raise TrainingError("--data is required (e.g. --data roleplay); run `python train.py` with no arguments for the offline demo")
     positive = ["batch_size", "eval_batch_size", "grad_accum", "lora_r", "max_seq_len", "keep_last", "log_every", "loss_chunk",
-                "pad_multiple"]
+                "pad_multiple", "eval_generate_tokens"]
     for name in positive:
         if getattr(cfg, name) < 1:
             raise TrainingError(f"{flag_name(name)} must be >= 1, got {getattr(cfg, name)}")
-    for name in ["save_every", "eval_every", "sample_tokens"]:
+    for name in ["save_every", "eval_every", "sample_tokens", "eval_generate"]:
         if getattr(cfg, name) < 0:
             raise TrainingError(f"{flag_name(name)} must be >= 0, got {getattr(cfg, name)}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
@@ -296,6 +303,9 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f"--max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
     if cfg.limit is not None and cfg.limit < 1:
         raise TrainingError(f"--limit must be >= 1, got {cfg.limit}")
+    if cfg.eval_generate and cfg.train_on_prompt:
+        raise TrainingError("--eval-generate needs masked prompts to generate from, and --train-on-prompt makes every "
+                            "token a target; drop one of them (philora eval RUN can still generate afterwards)")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -303,9 +313,13 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def dump_config(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> str:
-    """YAML text of the resolved config, readable back with ``--config`` (``extra`` goes in a comment)."""
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+def dump_config(cfg: TrainConfig, extra: dict[str, Any] | None = None, resolved: dict[str, Any] | None = None) -> str:
+    """YAML text of the resolved config, readable back with ``--config`` (``extra`` goes in a comment,
+    ``resolved`` into a ``resolved:`` section that ``--config`` skips)."""
+    values = config_to_dict(cfg)
+    if resolved is not None:
+        values[RESOLVED_KEY] = resolved
+    text = yaml.safe_dump(values, sort_keys=False)
     if extra:
         notes = "".join(f"# {k}: {v}\n" for k, v in extra.items())
         text = "# resolved by train.py\n" + notes + text

@@ -139,7 +139,7 @@ def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Preci
     import data
     import phi_models
 
-    tokenizer = phi_models.load_tokenizer(cfg.tokenizer or cfg.model)
+    tokenizer = phi_models.load_tokenizer(cfg.tokenizer or cfg.model, revision=None if cfg.tokenizer else cfg.revision)
     prepared = data.prepare(cfg.data, tokenizer, template=cfg.template, max_seq_len=cfg.max_seq_len,
                             train_on_prompt=cfg.train_on_prompt, val_fraction=cfg.val_fraction,
                             seed=cfg.seed, limit=cfg.limit, eval_data=cfg.eval_data, shape=cfg.shape,
@@ -148,7 +148,7 @@ def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Preci
         raise TrainingError(f"--data {cfg.data}: no training examples after preparation; check the source and --limit")
     quantize = None if cfg.quantize == "none" else cfg.quantize
     dtype = base_dtype(cfg.dtype, precision)
-    model = phi_models.from_pretrained(cfg.model, dtype=dtype, device=device, quantize=quantize)
+    model = phi_models.from_pretrained(cfg.model, dtype=dtype, device=device, quantize=quantize, revision=cfg.revision)
     if quantize is not None:
         keep_4bit_weights_trainable(model)
     return tokenizer, prepared, model
@@ -170,11 +170,24 @@ def add_lora(cfg: TrainConfig, model: torch.nn.Module) -> tuple[list[str], dict]
     """Inject LoRA (fp32 factors, base frozen) into the targets; returns them and the adapter config."""
     import lora_core
 
+    if cfg.adapter:  # continue training an adapter (ours or PEFT's): its layout replaces --targets/--lora-r
+        from phi_models.adapters import attach_adapter
+        config = attach_adapter(model, cfg.adapter, lora_dropout=cfg.lora_dropout)
+        return list(config.get("adapted") or config["targets"]), dict(model.lora_core_config, base_model=cfg.model)
     targets = resolve_targets(cfg, model)
     # inject's freeze_base (the default) freezes all but the LoRA factors, biases too (loralib's bias='none').
     lora_core.inject(model, targets=targets, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
     # inject records everything needed to rebuild the adapter; add where the base came from.
     return targets, dict(model.lora_core_config, base_model=cfg.model)
+
+
+def validation_batches(cfg: TrainConfig, examples: list, pad_id: int) -> list[dict]:
+    """The evaluation batches of ``examples`` exactly as training builds them (``philora eval`` reuses this)."""
+    import data
+
+    return data.make_batches(examples, batch_size=cfg.eval_batch_size, max_seq_len=cfg.max_seq_len, pad_id=pad_id,
+                             packing=cfg.packing, shuffle=False, seed=cfg.seed, epoch=0,
+                             pad_to_multiple=cfg.pad_multiple)
 
 
 def plan_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
@@ -221,9 +234,7 @@ def run(cfg: TrainConfig) -> int:
                                  pad_id=pad_id, packing=cfg.packing, shuffle=True, seed=cfg.seed, epoch=epoch,
                                  pad_to_multiple=cfg.pad_multiple)
 
-    val_batches = data.make_batches(prepared.val, batch_size=cfg.eval_batch_size, max_seq_len=cfg.max_seq_len,
-                                    pad_id=pad_id, packing=cfg.packing, shuffle=False, seed=cfg.seed, epoch=0,
-                                    pad_to_multiple=cfg.pad_multiple)
+    val_batches = validation_batches(cfg, prepared.val, pad_id)
     first_epoch = epoch_batches(0)
     total_steps = plan_steps(cfg, len(first_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -246,8 +257,12 @@ def run(cfg: TrainConfig) -> int:
     start_step = state.step
 
     from lora_core import atomic_write
+    from training.run_record import build_record
+    record = build_record(cfg, model=model, tokenizer=tokenizer, template=prepared.template, targets=targets,
+                          adapter_config=adapter_config, precision=precision.name, device=str(device),
+                          total_steps=total_steps)
     resolved = dump_config(cfg, extra={"precision": precision.name, "device": str(device), "targets": ",".join(targets),
-                                       "total_steps": total_steps})
+                                       "total_steps": total_steps}, resolved=record)
     atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(resolved, encoding="utf-8"))
 
     settings = LoopSettings(total_steps=total_steps, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm,
@@ -256,6 +271,12 @@ def run(cfg: TrainConfig) -> int:
                             max_time_s=cfg.max_time * 60 if cfg.max_time else None, adapter_config=adapter_config,
                             run_config=locked_config(cfg, targets))
     metrics = MetricsLog(out, resume_step=state.step if resume_from is not None else None)
+    generation_eval = None
+    if cfg.eval_generate:
+        from training.gen_eval import training_generation_eval
+        generation_eval = training_generation_eval(tokenizer, prepared.val, count=cfg.eval_generate,
+                                                   max_new_tokens=cfg.eval_generate_tokens,
+                                                   batch_size=cfg.eval_batch_size, precision=precision)
     progress = ProgressBar(total_steps, start_step=state.step)
     say(f"training {total_steps} step{'s' if total_steps != 1 else ''} on {device} in {precision.name}"
         f"{' with a 4-bit ' + cfg.quantize + ' base' if cfg.quantize != 'none' else ''}: "
@@ -265,7 +286,7 @@ def run(cfg: TrainConfig) -> int:
         result = fit(model, epoch_batches=lambda e: first_epoch if e == 0 else epoch_batches(e), val_batches=val_batches,
                      optimizer=optimizer, schedule=schedule, scaler=scaler, precision=precision, settings=settings,
                      state=state, output_dir=str(out), metrics=metrics, progress=progress,
-                     last_checkpoint=str(existing[-1]) if existing else None)
+                     last_checkpoint=str(existing[-1]) if existing else None, generation_eval=generation_eval)
     finally:
         metrics.close()
 
@@ -276,7 +297,15 @@ def run(cfg: TrainConfig) -> int:
 
     adapter_path = out / FINAL_ADAPTER
     lora_core.save_adapter(model, adapter_path, config=adapter_config)
+    from training.run_record import write_peft_dir
+    write_peft_dir(model, out, record, say)
     print_summary(result, adapter_path, device, start_step)
+    from training.plots import plot_summary_line
+    say(plot_summary_line(out))
+    from deploy.checks import training_warnings
+
+    for line in training_warnings(out):  # what peft / vLLM / llama.cpp / Ollama would refuse, said now
+        say(line)
     if cfg.sample_tokens:
         print_sample(cfg, model, tokenizer, prepared, precision)
     return 0
