@@ -225,7 +225,7 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
         check_resume_config(resume_from, *dist.resume_view(payload, locked_config(cfg)))
 
     if cfg.targets:  # a typo in --targets is reported before the data is tokenized
-        check_targets(resolve_targets(cfg, None), meta_model(cfg.model))
+        check_targets(resolve_targets(cfg, None), meta_model(cfg.model, cfg.revision))
     seed_everything(cfg.seed)
     tokenizer, prepared, model = load_model_and_data(cfg, device, precision)
     say(str(prepared.report))

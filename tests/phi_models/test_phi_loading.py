@@ -207,7 +207,7 @@ def test_no_network_hub_error_says_what_to_do(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(HubError, match="pass a local directory"):
+    with pytest.raises(HubError, match="pass --model a local directory"):
         phi_models.from_pretrained("phi-2")
 
 
