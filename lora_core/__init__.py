@@ -22,8 +22,9 @@ from .inject import all_linear_names, inject, make_matcher, pattern_value, virtu
 from .layers import (Conv1d, Conv2d, Conv3d, ConvLoRA, Embedding, InjectedConv1d, InjectedConv2d,
                      InjectedConv3d, Linear)
 from .merged import MergedLinear
-from .peft_files import (join_peft_tensors, load_peft, peft_module_rank_alpha, read_peft_dir, save_peft,
+from .peft_files import (check_peft_config, join_peft_tensors, peft_module_rank_alpha, read_peft_dir,
                          split_peft_tensors, write_peft_dir)
+from .peft_models import load_peft, save_peft
 from .merging import disable_adapters, lora_layers, merge, merge_and_unload, unmerge
 from .utils import (lora_state_dict, mark_only_lora_as_trainable, parameter_count,
                     print_trainable_parameters, trainable_parameters)
@@ -37,5 +38,5 @@ __all__ = [
     "LoRAError", "BiasModeError", "DEFAULT_ADAPTER", "AdapterSlot", "adapter_names", "active_adapters",
     "set_active_adapters", "delete_adapter", "adapter_rows", "all_linear_names", "pattern_value",
     "load_peft", "save_peft", "read_peft_dir", "write_peft_dir", "split_peft_tensors", "join_peft_tensors",
-    "peft_module_rank_alpha",
+    "peft_module_rank_alpha", "check_peft_config",
 ]

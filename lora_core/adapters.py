@@ -14,7 +14,6 @@ from typing import Dict, Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .base import DEFAULT_ADAPTER, LoRALayer, default_lora_dtype
 from .dropout import LoRADropout

@@ -63,10 +63,6 @@ class LoRALayer:
         """True when this layer carries LoRA parameters (r > 0 and, for fused layers, a slice enabled)."""
         return self.r > 0 and hasattr(self, "lora_A")
 
-    def lora_active(self) -> bool:
-        """True when forward must add the low-rank path (LoRA present, not merged, not disabled)."""
-        return self.has_lora() and not self.merged and not self.adapters_disabled
-
     # ----- named adapters (see adapters.py) -------------------------------------------
     def adapter_names(self) -> List[str]:
         """Names of the adapters this layer carries: DEFAULT_ADAPTER (the loralib `lora_A`/`lora_B`

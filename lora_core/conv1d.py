@@ -41,6 +41,13 @@ class _Conv1DLoRA(LoRALayer):
     _weight_as_out_in = Linear._weight_as_out_in
     delta_weight = Linear.delta_weight
 
+    def __repr__(self) -> str:
+        return nn.Module.__repr__(self)  # Conv1D's own __repr__ would hide the LoRA children
+
+    def extra_repr(self) -> str:
+        lora = LoRALayer.extra_repr(self)
+        return f"nf={self.nf}, nx={self.nx}" + (f", {lora}" if lora else "")
+
     def plain_class(self) -> type:
         """The transformers class merge_and_unload puts back (weight kept (in, out))."""
         return conv1d_class()

@@ -53,6 +53,9 @@ def make_matcher(targets: Targets, aliases: Optional[Dict[str, str]] = None) -> 
     if isinstance(targets, str):
         regex = _compile_regex(targets)
         return lambda name: regex.fullmatch(name) is not None
+    if not isinstance(targets, (list, tuple, set, frozenset)):
+        raise LoRAError(f"targets={targets!r} must be a regex string, \"all-linear\" or a list of module names, "
+                        f"e.g. ['q_proj', 'v_proj']")
     items = list(targets)
     if not items or not all(isinstance(t, str) and t for t in items):
         raise LoRAError(f"targets={targets!r} must be a regex string or a non-empty list of module names")

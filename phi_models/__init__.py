@@ -19,6 +19,8 @@ from .loading import from_pretrained, parse_dtype
 from .model import PhiForCausalLM
 from .peft_adapter import export_peft_adapter, load_peft_adapter
 from .presets import PRESETS, preset_names
+from .sampling import SamplingParams
+from .streaming import TextStream
 from .tokenizer import PhiTokenizer, load_tokenizer
 
 __all__ = [
@@ -34,7 +36,9 @@ __all__ = [
     "PhiForCausalLM",
     "PhiModelError",
     "PhiTokenizer",
+    "SamplingParams",
     "Segment",
+    "TextStream",
     "fetch_file",
     "from_pretrained",
     "generate",

@@ -161,3 +161,28 @@ def test_dora_beside_named_adapters_is_refused_before_any_change():
     assert type(model.qkv) is nn.Linear and model.state_dict().keys() == state.keys()
     with pytest.raises(LoRAError, match="use_dora=True is supported for the default adapter only"):
         lora.inject(model, ["qkv"], r=2, adapter_name="b", use_dora=True)
+
+
+def test_named_adapters_on_a_4bit_base_and_fused_slices():
+    bnb = pytest.importorskip("bitsandbytes")
+    torch.manual_seed(0)
+    model = nn.Sequential(bnb.nn.Linear4bit(16, 24, quant_type="nf4"), nn.GELU(),
+                          bnb.nn.Linear4bit(24, 8, quant_type="nf4")).to("cpu")  # moving quantizes
+    model[0].lora_slices = {"q_proj": 16, "k_proj": 4, "v_proj": 4}
+    lora.inject(model, ["q_proj", "2"], r=2)                       # default: the q slice and the output layer
+    lora.inject(model, ["k_proj", "v_proj"], r=3, adapter_name="b")  # other slices, as a named adapter
+    lora.inject(model, ["2"], r=2, adapter_name="c")
+    _randomize(model)
+    x = torch.randn(3, 16)
+    rows = ["c", "b", None]
+    with lora.adapter_rows(model, rows):
+        mixed = model(x)
+    for index, name in enumerate(rows):
+        lora.set_active_adapters(model, [] if name is None else [name])
+        torch.testing.assert_close(mixed[index:index + 1], model(x[index:index + 1]), rtol=1e-5, atol=1e-5)
+    packed = model[0].weight
+    lora.set_active_adapters(model, ["b"])
+    with pytest.warns(UserWarning, match="re-quantizes"):
+        lora.merge(model, ["b"])
+    lora.unmerge(model)
+    assert model[0].weight is packed  # the original packed 4-bit weight is back

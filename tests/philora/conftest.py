@@ -28,3 +28,20 @@ def tiny_hf_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("hf") / "tiny"
     phi_models.export_merged(phi_models.from_pretrained("tiny"), out, base_model="tiny")
     return out
+
+
+# ---- helpers of the inference command tests -------------------------------------------------------
+
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str, stdin: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``python -m philora ARGS`` from the repo root, text in and out."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "philora", *args], cwd=REPO, input=stdin, capture_output=True,
+                          text=True, timeout=timeout, env=env)
