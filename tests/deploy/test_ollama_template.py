@@ -40,11 +40,12 @@ CONVERSATIONS = {
 
 
 def test_every_training_template_has_a_go_template():
-    assert set(GO_TEMPLATES) == set(TEMPLATES)
+    # "model" renders the base's own Jinja template; the export maps it to the chat format it was detected as.
+    assert set(GO_TEMPLATES) == set(TEMPLATES) - {"model"}
 
 
 @pytest.mark.parametrize("conversation", list(CONVERSATIONS))
-@pytest.mark.parametrize("template", sorted(TEMPLATES))
+@pytest.mark.parametrize("template", sorted(GO_TEMPLATES))
 def test_modelfile_template_equals_training_rendering(template, conversation):
     messages = CONVERSATIONS[conversation]
     if template in SINGLE_TURN and conversation.startswith("multi"):
