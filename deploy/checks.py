@@ -108,7 +108,12 @@ def run_problems(run, targets: tuple[str, ...] | list[str] = TARGETS, model_type
     lora_config = dict(run.lora or {}, **file_config)  # the file is what gets deployed
     found: list[Problem] = []
     for target in targets:
-        found += problems(tensors, lora_config, target=target, template=run.template, model_type=model_type,
+        template = run.template
+        if target == "ollama":
+            from .export_formats import ollama_template
+
+            template = ollama_template(run)
+        found += problems(tensors, lora_config, target=target, template=template, model_type=model_type,
                           peft_dir=run.peft_dir)
     return found
 

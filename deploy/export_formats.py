@@ -110,6 +110,16 @@ def stop_strings(run, template: str | None) -> list[str]:
     return [t for t in tokens if t] + TURN_STOPS.get(template or "", [])
 
 
+def ollama_template(run) -> str | None:
+    """The run's prompt format for a Modelfile: "model" (the base's shipped Jinja template) becomes the Phi chat
+    format that template was detected as (PhiTokenizer.chat_format), since Go templates cannot run Jinja."""
+    if run.template != "model":
+        return run.template
+    import phi_models
+
+    return phi_models.load_tokenizer(run.tokenizer or run.base_model, revision=run.revision).chat_format
+
+
 def export_ollama(run, args, out: Path) -> str:
     """GGUF files (base + adapter, or merged with --merged) and a Modelfile in a new directory."""
     from lora_core import atomic_write
@@ -117,7 +127,8 @@ def export_ollama(run, args, out: Path) -> str:
     from .gguf_model import write_gguf_model
     from .ollama import modelfile, template_for
 
-    template_for(run.template)  # refuse a template Ollama cannot express before the slow part
+    template = ollama_template(run)
+    template_for(template)  # refuse a template Ollama cannot express before the slow part
     out.mkdir(parents=True, exist_ok=True)
     dtype = args.dtype or "f16"
     if args.merged:
@@ -130,8 +141,8 @@ def export_ollama(run, args, out: Path) -> str:
         export_gguf_lora(run, lora_args, out / adapter_file)
         write_gguf_model(load_dense(run, args, merged=False), tokenizer_dir(run), out / model_file, dtype=dtype,
                          name=_name(run, args), card_dir=_card_dir(run))
-    text = modelfile(model_file=model_file, adapter_file=adapter_file, template=run.template,
-                     stops=stop_strings(run, run.template), system=args.system)
+    text = modelfile(model_file=model_file, adapter_file=adapter_file, template=template,
+                     stops=stop_strings(run, template), system=args.system)
     atomic_write(out / "Modelfile", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return f"Ollama model written to {out}: cd {out} && ollama create {shlex.quote(_name(run, args))} -f Modelfile"
 

@@ -61,7 +61,7 @@ def peft_key(layer: int, module: str, ab: str) -> str:
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
     """Largest elementwise error relative to the largest entry of ``want``."""
-    return float((got - want).abs().max() / want.abs().max())
+    return float(((got - want).abs().max() / want.abs().max()).detach())
 
 
 def effective(tensors: dict, alpha: float, name: str) -> torch.Tensor:
