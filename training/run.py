@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from phi_models import HubError, PhiModelError
 from training.checkpoint import (
     ADAPTER_FILE,
     CHECKPOINT_DIR,
+    STATE_FILE,
     TrainingState,
     list_checkpoints,
     load_training_state,
@@ -26,13 +26,17 @@ from training.checkpoint import (
 )
 from training.config import TrainConfig, dump_config, flag_name, parse_config
 from training.errors import TrainingError
+from training.finite import check_finite_lora
 from training.loop import LoopSettings, fit
 from training.optim import build_optimizer
 from training.precision import Precision, base_dtype, resolve_device, resolve_precision
+from training.oserrors import describe_os_error, disk_full_is_oserror
+from training.rundir import acquire_run_lock, clear_run, make_output_dir, release_run_locks, write_marker
 from training.progress import METRICS_FILE, MetricsLog, ProgressBar, format_duration, peak_memory_mb
 from training.rng import seed_everything, set_rng_state
 from training.schedule import LRSchedule, warmup_steps_for
 from training.signals import Terminated, sigterm_exits
+from training.validate_state import check_against_run
 
 CONFIG_FILE = "train_config.yaml"
 FINAL_ADAPTER = "adapter.safetensors"
@@ -103,15 +107,14 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--output-dir {out}: exists and is not a directory")
     holds_run = out.is_dir() and (any((out / f).exists() for f in RUN_FILES) or (out / CHECKPOINT_DIR).exists())
+    if holds_run and not cfg.resume and not cfg.overwrite:
+        raise TrainingError(f"--output-dir {out} already holds a run: pass --resume latest to continue it, "
+                            f"--overwrite to start afresh there, or another --output-dir")
+    make_output_dir(out)
+    acquire_run_lock(out)  # before anything in it is changed; main() releases it
     if holds_run and not cfg.resume:
-        if not cfg.overwrite:
-            raise TrainingError(f"--output-dir {out} already holds a run: pass --resume latest to continue it, "
-                                f"--overwrite to start afresh there, or another --output-dir")
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+        clear_run(out, RUN_FILES, CHECKPOINT_DIR)
+    write_marker(out)
     return out
 
 
@@ -225,6 +228,9 @@ def run(cfg: TrainConfig) -> int:
     scaler = precision.make_scaler()
     state = TrainingState()
     if resume_from is not None:
+        position_epoch = payload["epoch"]
+        check_against_run(payload, resume_from / STATE_FILE, optimizer=optimizer, scaler=scaler,
+                          batches_in_epoch=len(first_epoch if position_epoch == 0 else epoch_batches(position_epoch)))
         state = restore(resume_from, payload, model, optimizer, schedule, scaler)
         say(f"resuming from {resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_index})")
 
@@ -258,7 +264,8 @@ def run(cfg: TrainConfig) -> int:
         return 130 if result.stopped_by == "SIGINT" else 143
 
     adapter_path = out / FINAL_ADAPTER
-    lora_core.save_adapter(model, adapter_path, config=adapter_config)
+    with disk_full_is_oserror(adapter_path):
+        lora_core.save_adapter(model, adapter_path, config=adapter_config)
     print_summary(result, adapter_path, device)
     if cfg.sample_tokens:
         print_sample(cfg, model, tokenizer, prepared, precision)
@@ -270,6 +277,7 @@ def restore(checkpoint: Path, payload: dict, model, optimizer, schedule, scaler)
     import lora_core
 
     lora_core.load_adapter(model, checkpoint / ADAPTER_FILE, strict=True)  # same targets and rank, or fail loudly
+    check_finite_lora(model, f"{checkpoint / ADAPTER_FILE}")
     optimizer.load_state_dict(payload["optimizer"])
     schedule.load_state_dict(payload["schedule"])
     if scaler is not None and payload["scaler"] is not None:
@@ -333,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     except errors as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except OSError as err:  # a full disk, an unwritable or unreadable path: say which, no traceback
+        print(f"error: {describe_os_error(err)}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one while stopping
         print("interrupted", file=sys.stderr, flush=True)
         return 130
@@ -340,3 +351,5 @@ def main(argv: list[str] | None = None) -> int:
         print("terminated by SIGTERM outside the training steps (while loading or finishing); "
               "checkpoints already written are complete", file=sys.stderr, flush=True)
         return stop.code
+    finally:
+        release_run_locks()
