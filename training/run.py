@@ -27,6 +27,7 @@ from training.checkpoint import (
 from training.config import TrainConfig, dump_config, flag_name, parse_config
 from training.errors import TrainingError
 from training.finite import check_finite_lora
+from training.limits import check_against_model
 from training.loop import LoopSettings, fit
 from training.optim import build_optimizer
 from training.precision import Precision, base_dtype, resolve_device, resolve_precision
@@ -200,6 +201,7 @@ def run(cfg: TrainConfig) -> int:
 
     seed_everything(cfg.seed)
     tokenizer, prepared, model = load_model_and_data(cfg, device, precision)
+    check_against_model(cfg, model.config)  # positions and width; before LoRA and any training
     say(str(prepared.report))
     targets, adapter_config = add_lora(cfg, model)
     if payload is not None:  # --targets given or not, what counts is the resolved list
