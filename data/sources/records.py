@@ -45,13 +45,14 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:
         raise DataError(f"{path}: cannot be read ({err.strerror}); check its permissions") from None
 
 
-def _parse_json(text: str, where: str):
-    """json.loads with every way it can fail as one DataError naming ``where``."""
+def _parse_json(text: str, where: str, document: bool = False):
+    """json.loads with every way it can fail as one DataError naming ``where`` (and the line of a document)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise DataError(f"{where}: malformed JSON ({err.msg} at line {err.lineno} column {err.colno}); "
-                        f"fix or remove it") from None
+        if document:
+            raise DataError(f"{where}:{err.lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
+        raise DataError(f"{where}: malformed JSON ({err.msg} at column {err.colno}); fix or remove the line") from None
     except ValueError as err:  # an integer beyond Python's digit limit
         raise DataError(f"{where}: unusable JSON ({str(err).splitlines()[0][:120]})") from None
     except RecursionError:
@@ -89,7 +90,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict]]:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text (byte {err.start}); save the file as UTF-8") from None
-    data = _parse_json(text, str(path))
+    data = _parse_json(text, str(path), document=True)
     del text
     if isinstance(data, dict):
         # A dict of records keyed by id (DialogStudio) or {"data": [...]}-style wrappers.
