@@ -176,7 +176,7 @@ def load_training_state(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which one
-        raise TrainingError(f"{file}: cannot be read as a training state ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        raise TrainingError(f"{file}: cannot be read as a training state ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise TrainingError(f"{file}: not a philora training state (format {STATE_FORMAT} expected)")
     check_payload(payload, file)  # counters and parts; check_against_run checks the rest against the run
