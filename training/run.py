@@ -108,11 +108,11 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--output-dir {out}: exists and is not a directory")
     holds_run = out.is_dir() and (any((out / f).exists() for f in RUN_FILES) or (out / CHECKPOINT_DIR).exists())
+    make_output_dir(out)
+    acquire_run_lock(out)  # before anything in it is changed (a run using it is named first); main() releases it
     if holds_run and not cfg.resume and not cfg.overwrite:
         raise TrainingError(f"--output-dir {out} already holds a run: pass --resume latest to continue it, "
                             f"--overwrite to start afresh there, or another --output-dir")
-    make_output_dir(out)
-    acquire_run_lock(out)  # before anything in it is changed; main() releases it
     if holds_run and not cfg.resume:
         clear_run(out, RUN_FILES, CHECKPOINT_DIR)
     write_marker(out)
