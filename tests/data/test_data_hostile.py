@@ -138,3 +138,16 @@ def test_parquet_compression_bomb_is_refused_with_bounded_memory(tmp_path):
     outcome, hwm, _ = _measure(path)
     assert outcome.startswith("DataError") and "compression bomb" in outcome, outcome
     assert hwm < RSS_BOUND_KB, f"peak RSS {hwm} kB"
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda tok: prepare("samples/roleplay", 5), "phi_models.PhiTokenizer"),
+    (lambda tok: prepare("samples/roleplay", tok, max_seq_len="64"), "max_seq_len must be an integer"),
+    (lambda tok: prepare("samples/roleplay", tok, val_fraction="x"), "val_fraction must be a number"),
+    (lambda tok: prepare("samples/roleplay", tok, limit=2.5), "limit must be an integer"),
+    (lambda tok: __import__("data").make_batches(None, batch_size=2, max_seq_len=8, pad_id=0), "list of data.Example"),
+    (lambda tok: __import__("data").make_batches([], batch_size="2", max_seq_len=8, pad_id=0), "batch_size"),
+], ids=["tokenizer-int", "max-seq-len-str", "val-fraction-str", "limit-float", "examples-none", "batch-size-str"])
+def test_wrong_argument_types_are_data_errors(tiny_tok, call, words):
+    with pytest.raises(DataError, match=words):
+        call(tiny_tok)
