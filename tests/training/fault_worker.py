@@ -24,10 +24,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-ARGS = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "12", "--max-seq-len", "48", "--batch-size", "2",
+ARGS = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "8", "--max-seq-len", "48", "--batch-size", "2",
         "--device", "cpu", "--precision", "fp32", "--sample-tokens", "0", "--eval-every", "0", "--val-fraction", "0",
         "--log-every", "1", "--lora-r", "2", "--targets", "q_proj,v_proj", "--pad-multiple", "16",
-        "--max-steps", "4", "--save-every", "1", "--keep-last", "2"]
+        "--max-steps", "3", "--save-every", "1", "--keep-last", "2"]
+MAX_STEPS = 3
 
 
 def fork_run(argv: list[str], log: Path) -> int:
@@ -39,6 +40,8 @@ def fork_run(argv: list[str], log: Path) -> int:
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
+            import torch
+            torch.set_num_threads(1)  # a tiny model: one thread is fastest, and the same in every child
             from training.run import main
             code = main(argv)
         finally:
@@ -46,6 +49,14 @@ def fork_run(argv: list[str], log: Path) -> int:
             sys.stderr.flush()
             os._exit(code)
     return pid
+
+
+def logged_steps(out: Path) -> int:
+    """Training steps the run has logged so far (--log-every 1)."""
+    try:
+        return (out / "metrics.jsonl").read_bytes().count(b'"kind": "train"')
+    except OSError:
+        return 0
 
 
 def wait_code(pid: int) -> int:
@@ -96,17 +107,19 @@ def main() -> int:
         pid = fork_run([*ARGS, "--output-dir", str(out)], log)
         while running(pid) and not (out / "metrics.jsonl").exists():
             time.sleep(0.001)
-        if kind == "anywhere":
-            time.sleep(rng.uniform(0.0, train_seconds))
-        else:  # wait for the n-th sight of a checkpoint being written, then a little more
-            sightings, wanted = 0, rng.randint(1, 4)
+        if kind == "anywhere":  # after a random number of steps, at a random moment of the next one
+            steps_done = rng.randint(0, MAX_STEPS - 1)
+            while running(pid) and logged_steps(out) < steps_done:
+                time.sleep(0.001)
+            time.sleep(rng.uniform(0.0, train_seconds / MAX_STEPS))
+        else:  # while the n-th checkpoint is being written
+            writes, wanted = set(), rng.randint(1, MAX_STEPS)
             root = out / "checkpoints"
-            while running(pid) and sightings < wanted:
-                if root.is_dir() and any(p.name.startswith((".tmp-", ".old-")) for p in root.iterdir()):
-                    sightings += 1
-                    time.sleep(0.003)
+            while running(pid) and len(writes) < wanted:
+                if root.is_dir():
+                    writes |= {p.name for p in root.iterdir() if p.name.startswith((".tmp-", ".old-"))}
                 time.sleep(0.0005)
-            time.sleep(rng.uniform(0.0, 0.004))
+            time.sleep(rng.uniform(0.0, 0.003))
         os.kill(pid, signal.SIGKILL)
         killed = wait_code(pid)
         left = [p.name for p in list_checkpoints(out)]
