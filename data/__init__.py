@@ -11,10 +11,11 @@ from .errors import DataError
 from .prepare import PreparedData, prepare
 from .report import DatasetReport
 from .sources import NAMED_SOURCES, SourceData, load_source
+from .templates import TEMPLATES, render_prompt
 from .tokenize import IGNORE_INDEX, Example, tokenize_many, tokenize_segments
 
 __all__ = [
     "prepare", "PreparedData", "make_batches", "EpochBatches", "collate", "pack_rows", "Example", "IGNORE_INDEX",
     "tokenize_segments", "tokenize_many", "DatasetReport", "DataError", "Conversation", "Message", "load_source",
-    "SourceData", "NAMED_SOURCES",
+    "SourceData", "NAMED_SOURCES", "TEMPLATES", "render_prompt",
 ]

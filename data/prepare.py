@@ -10,7 +10,7 @@ from .conversation import Conversation
 from .errors import DataError
 from .report import DatasetReport
 from .sources import load_source
-from .templates import check_template, default_template, render
+from .templates import check_template, default_template, describe_template, render
 from .tokenize import Example, tokenize_many
 
 
@@ -44,7 +44,10 @@ def _tokenize_all(conversations, tokenizer, template, max_seq_len, train_on_prom
             wanted.append(conversation)
         else:
             report.skipped["no assistant turn"] += 1
-    results = tokenize_many([render(c, template) for c in wanted], tokenizer,
+    dropped: list[str] = []
+    rendered = [render(c, template, tokenizer, dropped) for c in wanted]
+    report.dropped_by_template.update(dropped)
+    results = tokenize_many(rendered, tokenizer,
                             max_seq_len=max_seq_len, train_on_prompt=train_on_prompt)
     examples = []
     for result in results:
@@ -61,7 +64,7 @@ def _tokenize_all(conversations, tokenizer, template, max_seq_len, train_on_prom
 
 def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int = 1024,
             train_on_prompt: bool = False, val_fraction: float = 0.05, seed: int = 0,
-            limit: int | None = None, **source_options) -> PreparedData:
+            limit: int | None = None, eval_data: str | None = None, **source_options) -> PreparedData:
     """Load ``source``, render it with ``template`` (default: the model's chat format, or
     the usual base-model format for that dataset), tokenize with loss masks, and split.
 
@@ -69,6 +72,8 @@ def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int 
     ``tokenizer`` a ``phi_models.PhiTokenizer`` (or a name for ``phi_models.load_tokenizer``).
     The source's own validation split is used when it has one, else ``val_fraction`` of
     train is held out (seeded). ``limit`` caps the number of conversations per split.
+    ``eval_data`` is a separate source (same kinds, same ``shape``/``columns``) used as the validation
+    split instead. ``source_options``: ``shape``, ``columns``, ``split``, ``subset``, ``revision``, ...
     """
     if isinstance(tokenizer, str):
         from phi_models import load_tokenizer
@@ -83,14 +88,22 @@ def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int 
     if limit is not None and limit < 1:
         raise DataError(f"limit={limit} must be a positive number of examples or None")
     data = load_source(source, **source_options)
-    template = check_template(template) if template else default_template(data.kind, tokenizer.chat_format)
-    if data.val is not None:
+    shipped = getattr(tokenizer, "chat_template", None)
+    if template:
+        template = check_template(template)
+    else:
+        template = default_template(data.kind, tokenizer.chat_format, shipped is not None)
+    if eval_data is not None:
+        shared = {k: v for k, v in source_options.items() if k in ("shape", "columns")}
+        train_conv, val_conv = data.train, load_source(eval_data, **shared).train
+    elif data.val is not None:
         train_conv, val_conv = data.train, data.val
     else:
         train_conv, val_conv = _split(data.train, val_fraction, seed)
     if limit is not None:
         train_conv, val_conv = train_conv[:limit], val_conv[:limit]
     report = DatasetReport(source=data.name, template=template, max_seq_len=max_seq_len,
+                           template_origin=describe_template(template, tokenizer), shape=data.kind,
                            records=data.records, filtered=data.filtered)
     train = _tokenize_all(train_conv, tokenizer, template, max_seq_len, train_on_prompt, report)
     val = _tokenize_all(val_conv, tokenizer, template, max_seq_len, train_on_prompt, report)

@@ -20,6 +20,9 @@ class DatasetReport:
 
     source: str = ""
     template: str = ""
+    template_origin: str = ""      # where the template comes from (data.templates.describe_template)
+    shape: str = ""                # the detected (or --shape) data shape, e.g. "alpaca"
+    dropped_by_template: Counter = field(default_factory=Counter)   # role -> messages the template left out
     max_seq_len: int = 0
     records: int = 0               # conversations read from the source (both splits)
     filtered: int = 0              # dropped on purpose by a source filter (e.g. language)
@@ -51,8 +54,10 @@ class DatasetReport:
         share = self.target_tokens / self.tokens if self.tokens else 0.0
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
         pct = self.length_percentiles()
+        origin = f" ({self.template_origin})" if self.template_origin else ""
         rows = [
-            ("source", f"{self.source} (template {self.template}, max_seq_len {self.max_seq_len})"),
+            ("source", f"{self.source}" + (f" (shape {self.shape})" if self.shape else "")),
+            ("template", f"{self.template}{origin}, max_seq_len {self.max_seq_len}"),
             ("examples", f"{self.records} read, {self.filtered} filtered"),
             ("kept", f"{self.kept} ({self.kept_train} train, {self.kept_val} val)"),
             ("skipped", f"{self.num_skipped} ({skipped})"),
@@ -60,5 +65,9 @@ class DatasetReport:
             ("tokens", f"{self.tokens} ({self.target_tokens} target, {share:.1%})"),
             ("length", "  ".join(f"{k} {v}" for k, v in pct.items())),
         ]
+        if self.dropped_by_template:
+            lost = ", ".join(f"{n} {role}" for role, n in sorted(self.dropped_by_template.items()))
+            rows.append(("dropped", f"{lost} message(s): the model's template does not render them "
+                                    f"(they are not trained on or seen; pass --template to use another)"))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

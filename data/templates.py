@@ -12,6 +12,10 @@ base-model (phi-1.5/2) tutorials use:
 - ``instruct``: phi-2's QA style ``Instruct: ...\\nOutput: ...``
 - ``plain``: the contents back to back (TRL's prompt + completion)
 
+``model`` is the model's own (shipped) Jinja chat template, read from its tokenizer folder and
+rendered exactly as transformers does (see :mod:`data.model_template`); it is the default whenever
+the tokenizer has one.
+
 The final EOS is not part of any template: :mod:`data.tokenize` appends it.
 """
 
@@ -24,6 +28,7 @@ from phi_models.chat_format import Segment
 
 from .conversation import Conversation, Message
 from .errors import DataError
+from .model_template import MODEL_TEMPLATE, render_with_model_template
 
 ALPACA_PREAMBLE_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
                          "further context. Write a response that appropriately completes the request.\n\n")
@@ -86,6 +91,14 @@ def _render_alpaca(messages, origin: str) -> list[Segment]:
     return [Segment(prompt, False), Segment(reply.content, _target(reply))]
 
 
+def _render_alpaca_record(conversation: Conversation) -> list[Segment]:
+    # An Alpaca record with an input: the user turn joins instruction and input; the template splits them again.
+    meta, reply = conversation.meta, conversation.messages[-1]
+    prompt = (f"{ALPACA_PREAMBLE_INPUT}### Instruction:\n{meta['instruction']}\n\n### Input:\n{meta['input']}"
+              f"\n\n### Response:\n")
+    return [Segment(prompt, False), Segment(reply.content, _target(reply))]
+
+
 def _render_instruction(messages, origin: str) -> list[Segment]:
     system, user, reply = _single_turn(messages, "instruction", origin)
     if system is not None:
@@ -108,7 +121,7 @@ BASE_TEMPLATES: dict[str, Callable] = {
     "plain": lambda messages, origin: _render_plain(messages),
 }
 CHAT_TEMPLATES = tuple(chat_format.CHAT_FORMATS)
-TEMPLATES = tuple(BASE_TEMPLATES) + CHAT_TEMPLATES
+TEMPLATES = (MODEL_TEMPLATE,) + tuple(BASE_TEMPLATES) + CHAT_TEMPLATES
 
 # Base-model format per source kind; chat models always use their own chat format.
 DEFAULT_BASE_TEMPLATE = {
@@ -129,20 +142,43 @@ def check_template(name: str) -> str:
     return name
 
 
-def default_template(kind: str, tokenizer_chat_format: str | None) -> str:
-    """The format to use for a source ``kind`` with a model whose chat format is given (None: base model)."""
+def default_template(kind: str, tokenizer_chat_format: str | None, has_shipped_template: bool = False) -> str:
+    """The format to use for a source ``kind``: the model's own template when it ships one, else its
+    chat format, else (a base model) the usual format for that kind of data."""
+    if has_shipped_template:
+        return MODEL_TEMPLATE
     if tokenizer_chat_format is not None:
         return tokenizer_chat_format
     return DEFAULT_BASE_TEMPLATE.get(kind, "human_assistant")
 
 
-def render(conversation: Conversation, template: str) -> list[Segment]:
+def describe_template(template: str, tokenizer) -> str:
+    """Where ``template`` comes from, for the dataset report (e.g. ``chat_template.jinja, like phi3.5``)."""
+    if template == MODEL_TEMPLATE:
+        shipped = getattr(tokenizer, "chat_template", None)
+        origin = shipped.origin if shipped is not None else "none"
+        fmt = getattr(tokenizer, "chat_format", None)
+        return f"the model's own, from {origin}" + (f", a {fmt}-family template" if fmt else "")
+    if template in CHAT_TEMPLATES:
+        return "hand-written Phi chat format"
+    return "hand-written prompt format"
+
+
+def render(conversation: Conversation, template: str, tokenizer=None, dropped: list | None = None) -> list[Segment]:
     """Render a conversation as segments; ``is_target`` marks what the loss is computed on.
 
-    Plain-text examples are one target segment, whatever the template.
+    Plain-text examples are one target segment, whatever the template. ``model`` needs the
+    ``tokenizer``; the roles of messages its template leaves out are appended to ``dropped``.
     """
     if conversation.text is not None:
         return [Segment(conversation.text, True)]
+    if template == MODEL_TEMPLATE:
+        rendering = render_with_model_template(conversation.messages, tokenizer, conversation.origin)
+        if dropped is not None:
+            dropped.extend(rendering.dropped_roles)
+        return rendering.segments
+    if template == "alpaca" and conversation.meta.get("shape") == "alpaca" and conversation.meta.get("input"):
+        return _render_alpaca_record(conversation)
     if template in BASE_TEMPLATES:
         return BASE_TEMPLATES[template](conversation.messages, conversation.origin)
     messages = [{"role": m.role, "content": m.content} for m in conversation.messages]
@@ -163,3 +199,56 @@ def _apply_train_flags(segments: list[Segment], messages: tuple[Message, ...]) -
         in_run = segment.is_target
         out.append(Segment(segment.text, segment.is_target and current))
     return out
+
+
+def _as_messages(messages) -> tuple[Message, ...]:
+    out = []
+    for index, message in enumerate(messages):
+        if isinstance(message, Message):
+            out.append(message)
+        elif isinstance(message, dict) and "role" in message and isinstance(message.get("content"), str):
+            out.append(Message(str(message["role"]), message["content"]))
+        else:
+            raise DataError(f"message {index} must be a dict with 'role' and a string 'content', got {message!r}")
+    return tuple(out)
+
+
+def render_prompt(template: str, messages, tokenizer=None, add_generation_prompt: bool = True) -> str:
+    """The text a model trained with ``template`` is prompted with: ``messages`` rendered in that template,
+    then (``add_generation_prompt``) the header after which the assistant's reply begins.
+
+    ``template`` is a name from :data:`TEMPLATES` (e.g. a run's ``template``); ``model`` renders the
+    tokenizer's shipped template exactly as transformers does (so it may start with a BOS or, without the
+    generation prompt, end with the EOS text); the others render as in training, without the final EOS.
+    For the base templates the generation prompt is everything training puts before a reply's target
+    text (``### Response:\n``, ``### Assistant:``). ``messages`` are dicts with ``role`` and ``content``.
+    """
+    check_template(template)
+    if template == MODEL_TEMPLATE:
+        rendering_tokenizer = _renderer_check(tokenizer)
+        dicts = [m if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
+        try:
+            return rendering_tokenizer.apply_chat_template(dicts, add_generation_prompt=add_generation_prompt)
+        except Exception as err:  # PhiModelError from the template, one line
+            raise DataError(str(err)) from None
+    parsed = _as_messages(messages)
+    if template in CHAT_TEMPLATES:
+        dicts = [{"role": m.role, "content": m.content} for m in parsed]
+        try:
+            return chat_format.render_chat_text(dicts, template, add_generation_prompt)
+        except Exception as err:
+            raise DataError(str(err)) from None
+    if not add_generation_prompt:
+        return "".join(s.text for s in BASE_TEMPLATES[template](parsed, "prompt"))
+    # Render with a placeholder reply and keep what comes before the reply's target text.
+    segments = BASE_TEMPLATES[template](parsed + (Message("assistant", "x"),), "prompt")
+    last_target = max(i for i, s in enumerate(segments) if s.is_target)
+    return "".join(s.text for s in segments[:last_target])
+
+
+def _renderer_check(tokenizer):
+    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+        name = getattr(tokenizer, "name", "") if tokenizer is not None else ""
+        raise DataError(f"template {MODEL_TEMPLATE!r} needs the model's tokenizer with its own chat template; "
+                        f"{name or 'none was given'} has none: pick a named template (one of {list(TEMPLATES[1:])})")
+    return tokenizer

@@ -13,13 +13,18 @@ import logging as _logging
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
 from .adapter_io import load_adapter, read_adapter, save_adapter
+from .adapters import (AdapterSlot, active_adapters, adapter_names, adapter_rows, delete_adapter,
+                       set_active_adapters)
 from .atomic import atomic_write, fsync_dir
-from .base import LoRALayer
+from .base import DEFAULT_ADAPTER, LoRALayer
 from .errors import BiasModeError, LoRAError
-from .inject import inject, make_matcher, virtual_slice_name
+from .inject import all_linear_names, inject, make_matcher, pattern_value, virtual_slice_name
 from .layers import (Conv1d, Conv2d, Conv3d, ConvLoRA, Embedding, InjectedConv1d, InjectedConv2d,
                      InjectedConv3d, Linear)
 from .merged import MergedLinear
+from .peft_files import (check_peft_config, join_peft_tensors, peft_module_rank_alpha, read_peft_dir,
+                         split_peft_tensors, write_peft_dir)
+from .peft_models import load_peft, save_peft
 from .merging import disable_adapters, lora_layers, merge, merge_and_unload, unmerge
 from .utils import (lora_state_dict, mark_only_lora_as_trainable, parameter_count,
                     print_trainable_parameters, trainable_parameters)
@@ -30,5 +35,8 @@ __all__ = [
     "mark_only_lora_as_trainable", "lora_state_dict", "trainable_parameters", "print_trainable_parameters",
     "parameter_count", "inject", "make_matcher", "virtual_slice_name", "merge", "unmerge", "disable_adapters",
     "merge_and_unload", "lora_layers", "save_adapter", "load_adapter", "read_adapter", "atomic_write", "fsync_dir",
-    "LoRAError", "BiasModeError",
+    "LoRAError", "BiasModeError", "DEFAULT_ADAPTER", "AdapterSlot", "adapter_names", "active_adapters",
+    "set_active_adapters", "delete_adapter", "adapter_rows", "all_linear_names", "pattern_value",
+    "load_peft", "save_peft", "read_peft_dir", "write_peft_dir", "split_peft_tensors", "join_peft_tensors",
+    "peft_module_rank_alpha", "check_peft_config",
 ]

@@ -1,12 +1,16 @@
 """LoRALayer: the state and the exact merge/unmerge machinery shared by every LoRA layer."""
+from __future__ import annotations
+
 import math
-from typing import Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from .dropout import LoRADropout
 from .errors import LoRAError
+
+DEFAULT_ADAPTER = "default"  # the adapter stored in loralib's own lora_A / lora_B parameters
 
 
 def default_lora_dtype(weight_dtype: torch.dtype, lora_dtype: Optional[torch.dtype] = None) -> torch.dtype:
@@ -46,6 +50,8 @@ class LoRALayer:
         self.adapters_disabled = False
         self._weight_before_merge = None
         self.scaling = lora_alpha / r if r > 0 else 0.0
+        self.active_adapters = None  # None: every adapter of the layer runs; else a tuple of names
+        self.merged_adapters = []  # names folded into the weight, in merge order
 
     # ----- configuration -------------------------------------------------------------
     def _set_scaling(self, use_rslora: bool) -> None:
@@ -57,9 +63,28 @@ class LoRALayer:
         """True when this layer carries LoRA parameters (r > 0 and, for fused layers, a slice enabled)."""
         return self.r > 0 and hasattr(self, "lora_A")
 
+    # ----- named adapters (see adapters.py) -------------------------------------------
+    def adapter_names(self) -> List[str]:
+        """Names of the adapters this layer carries: DEFAULT_ADAPTER (the loralib `lora_A`/`lora_B`
+        parameters) when present, then the extra named adapters in `lora_adapters`."""
+        names = [DEFAULT_ADAPTER] if self.has_lora() else []
+        extra = self._modules.get("lora_adapters")
+        return names + (list(extra.keys()) if extra is not None else [])
+
+    def has_adapter(self, name: str) -> bool:
+        """True when this layer carries the adapter `name`."""
+        return name in self.adapter_names()
+
+    def adapter_is_active(self, name: str) -> bool:
+        """True when `name` is in the layer's active set (None means every adapter is active)."""
+        active = getattr(self, "active_adapters", None)
+        return active is None or name in active
+
     def lora_active(self) -> bool:
-        """True when forward must add the low-rank path (LoRA present, not merged, not disabled)."""
-        return self.has_lora() and not self.merged and not self.adapters_disabled
+        """True when forward must add the default adapter's low-rank path (present, active, not
+        merged, not disabled)."""
+        return (self.has_lora() and not self.adapters_disabled and DEFAULT_ADAPTER not in self.merged_adapters
+                and self.adapter_is_active(DEFAULT_ADAPTER))
 
     # ----- merging -------------------------------------------------------------------
     def _weight_owner(self) -> nn.Module:
@@ -70,32 +95,63 @@ class LoRALayer:
         """The scaled low-rank update in the base weight's layout, in the LoRA dtype."""
         raise NotImplementedError
 
-    def merged_weight(self, base: torch.Tensor) -> torch.Tensor:
-        """base + delta, computed in the wider of the two dtypes, returned in base's dtype."""
+    def _resolve_merge_names(self, adapter_names: Optional[Sequence[str]]) -> List[str]:
+        # None: the adapters forward runs now (present and active); else the named ones present here.
+        present = self.adapter_names()
+        if adapter_names is None:
+            return [n for n in present if self.adapter_is_active(n)]
+        return [n for n in adapter_names if n in present]
+
+    def _default_merged_weight(self, base: torch.Tensor) -> torch.Tensor:
+        """base + the default adapter's delta, in the wider dtype, returned in base's dtype."""
         delta = self.delta_weight()
         wide = torch.promote_types(base.dtype, delta.dtype)
         return (base.to(wide) + delta.to(wide)).to(base.dtype)
 
-    def merge(self) -> None:
-        """Fold the LoRA update into the base weight. Exact: `unmerge` restores the old tensor."""
-        if self.merged or self.adapters_disabled:
-            return
-        if self.has_lora():
-            weight = self._weight_owner().weight
-            with torch.no_grad():
-                merged = self.merged_weight(weight.data)
+    def merged_weight(self, base: torch.Tensor, adapter_names: Optional[Sequence[str]] = None) -> torch.Tensor:
+        """base with the given adapters' updates added (default: the active ones), each sum in the
+        wider dtype, returned in base's dtype."""
+        from .adapters import slot_delta_weight
+        merged = base
+        for name in self._resolve_merge_names(adapter_names):
+            if name == DEFAULT_ADAPTER:
+                merged = self._default_merged_weight(merged)
+                continue
+            delta = slot_delta_weight(self, self.lora_adapters[name])
+            wide = torch.promote_types(merged.dtype, delta.dtype)
+            merged = (merged.to(wide) + delta.to(wide)).to(base.dtype)
+        return merged
+
+    def _fold_in(self, names: List[str]) -> None:
+        """Write the merged weight for `names` into the base weight, keeping the pristine tensor."""
+        weight = self._weight_owner().weight
+        with torch.no_grad():
+            merged = self.merged_weight(weight.data, names)
+        if self._weight_before_merge is None:
             self._weight_before_merge = weight.data
-            weight.data = merged
-        self.merged = True
+        weight.data = merged
+
+    def merge(self, adapter_names: Optional[Sequence[str]] = None) -> None:
+        """Fold adapters into the base weight (default: the active ones; a list merges just those).
+        Exact: `unmerge` restores the pristine tensor."""
+        if self.adapters_disabled:
+            return
+        names = [n for n in self._resolve_merge_names(adapter_names) if n not in self.merged_adapters]
+        if names:
+            self._fold_in(names)
+            self.merged_adapters = list(self.merged_adapters) + names
+        if names or adapter_names is None:
+            self.merged = True
 
     def unmerge(self) -> None:
-        """Undo `merge` bit-exactly by putting the pre-merge weight tensor back."""
+        """Undo every `merge` bit-exactly by putting the pre-merge weight tensor back."""
         if not self.merged:
             return
         if self._weight_before_merge is not None:
             self._weight_owner().weight.data = self._weight_before_merge
             self._weight_before_merge = None
         self.merged = False
+        self.merged_adapters = []
 
     # ----- nn.Module hooks (LoRALayer comes first in the bases, so these win) --------
     def train(self, mode: bool = True):
@@ -118,11 +174,12 @@ class LoRALayer:
     def _apply(self, fn, *args, **kwargs):
         # .to()/.half() while merged: convert the pristine weight, then merge again.
         was_merged = getattr(self, "merged", False)
+        names = list(getattr(self, "merged_adapters", []))
         if was_merged:
             self.unmerge()
         result = super()._apply(fn, *args, **kwargs)
         if was_merged:
-            self.merge()
+            self.merge(names if names else None)
         return result
 
     def extra_repr(self) -> str:

@@ -3,6 +3,8 @@
 Same constructor signatures, parameter names, shapes and initialisation as loralib 0.1.2, so
 loralib programs and checkpoints work unchanged; extra features are keyword-only.
 """
+from __future__ import annotations
+
 import math
 from typing import Optional
 
@@ -10,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adapters import add_adapter_outputs
 from .base import LoRALayer, default_lora_dtype
 from .dropout import dropout_unscaled
 from .errors import LoRAError
@@ -89,9 +92,9 @@ class Linear(LoRALayer, nn.Linear):
         weight = self.weight.detach().to(self.lora_A.dtype)
         return (weight + self.delta_weight().detach()).norm(p=2, dim=1)
 
-    def merged_weight(self, base: torch.Tensor) -> torch.Tensor:
+    def _default_merged_weight(self, base: torch.Tensor) -> torch.Tensor:
         if not self.use_dora:
-            return super().merged_weight(base)
+            return super()._default_merged_weight(base)
         wide = torch.promote_types(base.dtype, self.lora_A.dtype)
         combined = base.to(wide) + self.delta_weight().to(wide)
         scale = self.lora_magnitude_vector.to(wide) / combined.norm(p=2, dim=1)
@@ -100,11 +103,11 @@ class Linear(LoRALayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self._weight_as_out_in(self.weight)
         if not self.lora_active():
-            return F.linear(x, weight, self.bias)
+            return add_adapter_outputs(self, x, F.linear(x, weight, self.bias))
         if self.use_dora:
-            return self._dora_forward(x, weight)
+            return self._dora_forward(x, weight)  # inject refuses other adapters beside DoRA
         result = F.linear(x, weight, self.bias)
-        return result.add_(low_rank_output(self, x, result.dtype))
+        return add_adapter_outputs(self, x, result.add_(low_rank_output(self, x, result.dtype)))
 
     def _dora_forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         result = F.linear(x, weight)
@@ -151,13 +154,17 @@ class Embedding(LoRALayer, nn.Embedding):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = F.embedding(x, self.weight, self.padding_idx, self.max_norm, self.norm_type,
                              self.scale_grad_by_freq, self.sparse)
-        if not self.lora_active():
-            return result
-        # Looking rows up in A^T is the embedding of x in the rank-r space: (..., ) -> (..., r).
-        after_A = F.embedding(x, self.lora_A.transpose(0, 1), self.padding_idx, None, self.norm_type,
-                              self.scale_grad_by_freq, self.sparse)
-        lora_B = self.lora_B.to(result.dtype)
-        return result + F.linear(after_A.to(result.dtype) * self.scaling, lora_B)
+        if self.lora_active():
+            result = result + embedding_low_rank_output(self, self, x, result.dtype)
+        return add_adapter_outputs(self, x, result)
+
+
+def embedding_low_rank_output(embedding: nn.Embedding, adapter, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """scaling * B (A^T looked up at x) for an embedding's adapter (its own factors or a named one)."""
+    # Looking rows up in A^T is the embedding of x in the rank-r space: (..., ) -> (..., r).
+    after_A = F.embedding(x, adapter.lora_A.transpose(0, 1), embedding.padding_idx, None, embedding.norm_type,
+                          embedding.scale_grad_by_freq, embedding.sparse)
+    return F.linear(after_A.to(dtype) * adapter.scaling, adapter.lora_B.to(dtype))
 
 
 def _kernel_tuple(conv: nn.Module) -> tuple:
@@ -194,9 +201,9 @@ def conv_delta_weight(layer: LoRALayer, conv: nn.Module) -> torch.Tensor:
 def conv_forward(layer: LoRALayer, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The conv with weight W + delta when LoRA is active, the plain conv otherwise."""
     if not layer.lora_active():
-        return conv._conv_forward(x, conv.weight, conv.bias)
+        return add_adapter_outputs(layer, x, conv._conv_forward(x, conv.weight, conv.bias))
     weight = conv.weight + conv_delta_weight(layer, conv).to(conv.weight.dtype)
-    return conv._conv_forward(x, weight, conv.bias)
+    return add_adapter_outputs(layer, x, conv._conv_forward(x, weight, conv.bias))
 
 
 class ConvLoRA(LoRALayer, nn.Module):

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .adapters import add_adapter_outputs
 from .base import LoRALayer, default_lora_dtype
 from .dropout import dropout_unscaled
 from .errors import LoRAError
@@ -137,9 +138,9 @@ class MergedLinear(LoRALayer, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight.transpose(0, 1) if self.fan_in_fan_out else self.weight
         result = F.linear(x, weight, self.bias)
-        if not self.lora_active():
-            return result
-        return result.add_(sliced_low_rank_output(self, x, result.dtype))
+        if self.lora_active():
+            result = result.add_(sliced_low_rank_output(self, x, result.dtype))
+        return add_adapter_outputs(self, x, result)
 
 
 def block_lora_B(layer, dtype=None) -> torch.Tensor:

@@ -1,16 +1,17 @@
 """Model-level merging: merge/unmerge every LoRA layer, disable adapters, or bake LoRA in for good."""
 import contextlib
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from .adapters import check_adapter_names
 from .base import LoRALayer
 from .layers import ConvLoRA
 
 _LORA_ATTRIBUTES = ("r", "lora_alpha", "merged", "merge_weights", "use_rslora", "use_dora", "adapters_disabled",
                     "_weight_before_merge", "scaling", "fan_in_fan_out", "enable_lora", "slice_sizes",
-                    "_enabled_spans")
+                    "_enabled_spans", "active_adapters", "merged_adapters")
 
 
 def lora_layers(model: nn.Module) -> List[LoRALayer]:
@@ -18,14 +19,17 @@ def lora_layers(model: nn.Module) -> List[LoRALayer]:
     return [m for m in model.modules() if isinstance(m, LoRALayer)]
 
 
-def merge(model: nn.Module) -> int:
-    """Fold every LoRA update into its base weight (exactly reversible by `unmerge`); forward then
-    costs no more than the base model. Returns the number of layers merged."""
+def merge(model: nn.Module, adapter_names: Optional[Sequence[str]] = None) -> int:
+    """Fold the active LoRA updates (or just the adapters named in `adapter_names`) into their base
+    weights, exactly reversible by `unmerge`; forward then costs no more than the base model.
+    Returns the number of layers whose weight changed."""
+    if adapter_names is not None:
+        adapter_names = check_adapter_names(model, adapter_names)
     count = 0
     for layer in lora_layers(model):
-        if not layer.merged and layer.has_lora():
-            count += 1
-        layer.merge()
+        before = len(layer.merged_adapters)
+        layer.merge(adapter_names)
+        count += int(len(layer.merged_adapters) > before)
     return count
 
 
@@ -43,17 +47,17 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block the model computes its base outputs (merged layers are unmerged for the
     duration and merged again afterwards)."""
     layers = lora_layers(model)
-    state = [(layer, layer.merged, layer.adapters_disabled) for layer in layers]
+    state = [(layer, layer.merged, list(layer.merged_adapters), layer.adapters_disabled) for layer in layers]
     for layer in layers:
         layer.unmerge()
         layer.adapters_disabled = True
     try:
         yield model
     finally:
-        for layer, was_merged, was_disabled in state:
+        for layer, was_merged, merged_names, was_disabled in state:
             layer.adapters_disabled = was_disabled
             if was_merged:
-                layer.merge()
+                layer.merge(merged_names or None)
 
 
 def _dense_merged_weight(layer: LoRALayer, dtype: Optional[torch.dtype]) -> torch.Tensor:
@@ -64,7 +68,9 @@ def _dense_merged_weight(layer: LoRALayer, dtype: Optional[torch.dtype]) -> torc
             base = layer._weight_owner().weight.data
         if dtype is not None:
             base = base.to(dtype)
-        return layer.merged_weight(base) if layer.has_lora() and not layer.adapters_disabled else base.clone()
+        if layer.adapters_disabled or not layer._resolve_merge_names(None):
+            return base.clone()
+        return layer.merged_weight(base)
 
 
 def _plain_module(layer: LoRALayer, weight: torch.Tensor) -> nn.Module:
@@ -82,15 +88,19 @@ def _plain_module(layer: LoRALayer, weight: torch.Tensor) -> nn.Module:
         if hasattr(layer, "lora_slices"):
             dense.lora_slices = dict(layer.lora_slices)
         return dense
-    base_cls = next(c for c in type(layer).__mro__ if c.__module__.startswith("torch.nn"))
+    plain_class = getattr(layer, "plain_class", None)
+    base_cls = plain_class() if plain_class else next(c for c in type(layer).__mro__
+                                                      if c.__module__.startswith("torch.nn"))
     plain = object.__new__(base_cls)
     state = dict(layer.__dict__)
     state["_parameters"] = {k: v for k, v in layer._parameters.items() if not k.startswith("lora_")}
-    state["_modules"] = {k: v for k, v in layer._modules.items() if k != "lora_dropout"}
+    state["_modules"] = {k: v for k, v in layer._modules.items() if k not in ("lora_dropout", "lora_adapters")}
     for attribute in _LORA_ATTRIBUTES:
         state.pop(attribute, None)
     plain.__dict__.update(state)
-    if getattr(layer, "fan_in_fan_out", False):
+    for attribute in ("in_features", "out_features") if plain_class else ():
+        state.pop(attribute, None)  # set by lora_core on Conv1D, not Conv1D's own
+    if getattr(layer, "fan_in_fan_out", False) and issubclass(base_cls, nn.Linear):
         weight = weight.transpose(0, 1).contiguous()  # a plain nn.Linear wants (out, in)
     plain.weight = nn.Parameter(weight, requires_grad=False)
     return plain

@@ -11,6 +11,7 @@ from typing import Dict, Optional
 import torch
 import torch.nn as nn
 
+from .adapters import add_adapter_outputs
 from .base import LoRALayer, default_lora_dtype
 from .errors import LoRAError
 from .layers import low_rank_output
@@ -71,21 +72,18 @@ class _Quantized4bitLoRA(LoRALayer):
             restore_standard_layout(self)  # packed before LoRA was added: training needs the normal layout
         return super().forward(x)
 
-    def merge(self) -> None:
-        if self.merged or self.adapters_disabled:
-            return
-        if self.has_lora():
-            import bitsandbytes as bnb
-            warnings.warn(ROUNDING_WARNING, stacklevel=2)
-            old = self.weight
-            with torch.no_grad():
-                dense = self.merged_weight(self.dequantized_weight())
-            new = bnb.nn.Params4bit(dense.to("cpu"), requires_grad=False, blocksize=old.blocksize,
-                                    compress_statistics=old.compress_statistics, quant_type=old.quant_type,
-                                    quant_storage=old.quant_storage, module=self)
+    def _fold_in(self, names) -> None:
+        import bitsandbytes as bnb
+        warnings.warn(ROUNDING_WARNING, stacklevel=3)
+        old = self.weight
+        with torch.no_grad():
+            dense = self.merged_weight(self.dequantized_weight(), names)
+        new = bnb.nn.Params4bit(dense.to("cpu"), requires_grad=False, blocksize=old.blocksize,
+                                compress_statistics=old.compress_statistics, quant_type=old.quant_type,
+                                quant_storage=old.quant_storage, module=self)
+        if self._weight_before_merge is None:
             self._weight_before_merge = old
-            self.weight = new.to(old.device)  # moving quantizes
-        self.merged = True
+        self.weight = new.to(old.device)  # moving quantizes
 
     def unmerge(self) -> None:
         if not self.merged:
@@ -94,6 +92,7 @@ class _Quantized4bitLoRA(LoRALayer):
             self.weight = self._weight_before_merge
             self._weight_before_merge = None
         self.merged = False
+        self.merged_adapters = []
 
     def _apply(self, fn, *args, **kwargs):
         # Re-quantizing on every .to() would be lossy: move the pristine weight only.
@@ -113,10 +112,10 @@ class _Linear4bitLoRA(_Quantized4bitLoRA):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self._base_forward(x)
-        if not self.lora_active():
-            return result
-        # Out of place: bitsandbytes' autograd function may keep its output for backward.
-        return result + low_rank_output(self, x, result.dtype)
+        if self.lora_active():
+            # Out of place: bitsandbytes' autograd function may keep its output for backward.
+            result = result + low_rank_output(self, x, result.dtype)
+        return add_adapter_outputs(self, x, result)
 
 
 class _MergedLinear4bitLoRA(_Quantized4bitLoRA):
@@ -127,12 +126,17 @@ class _MergedLinear4bitLoRA(_Quantized4bitLoRA):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         result = self._base_forward(x)
-        if not self.lora_active():
-            return result
-        return result + sliced_low_rank_output(self, x, result.dtype)
+        if self.lora_active():
+            result = result + sliced_low_rank_output(self, x, result.dtype)
+        return add_adapter_outputs(self, x, result)
 
 
 _CLASSES: Dict[str, type] = {}
+
+
+def bitsandbytes_class(cls: type) -> type:
+    """The bitsandbytes class under a (possibly already LoRA) 4-bit layer class."""
+    return next(c for c in cls.__mro__ if c.__module__.startswith("bitsandbytes"))
 
 
 def lora_class_for(base_cls: type, fused: bool) -> type:
@@ -174,7 +178,7 @@ def add_lora_to_linear4bit(module: nn.Module, r: int, lora_alpha: float, lora_dr
     # bitsandbytes would repack the weight for its inference-only CPU kernel on the first eval,
     # no-grad forward; training after that fails and merging would read a foreign layout.
     module.support_avx512bf16_for_cpu = False
-    module.__class__ = lora_class_for(type(module).__mro__[0], fused)
+    module.__class__ = lora_class_for(bitsandbytes_class(type(module)), fused)
     LoRALayer.__init__(module, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
     if fused:
         MergedLinear.configure_slices(module, enable_lora, slice_sizes)

@@ -11,14 +11,23 @@ from .cache import KVCache
 from .chat_format import CHAT_FORMATS, Segment, render_chat, render_chat_text
 from .config import PhiConfig
 from .errors import PhiModelError
+from .adapters import attach_adapter
+from .export_merged import export_merged
 from .generation import generate
 from .hub import HubError, fetch_file
 from .loading import from_pretrained, parse_dtype
 from .model import PhiForCausalLM
+from .peft_adapter import export_peft_adapter, load_peft_adapter
 from .presets import PRESETS, preset_names
+from .sampling import SamplingParams
+from .streaming import TextStream
 from .tokenizer import PhiTokenizer, load_tokenizer
 
 __all__ = [
+    "attach_adapter",
+    "export_merged",
+    "export_peft_adapter",
+    "load_peft_adapter",
     "CHAT_FORMATS",
     "HubError",
     "KVCache",
@@ -27,7 +36,9 @@ __all__ = [
     "PhiForCausalLM",
     "PhiModelError",
     "PhiTokenizer",
+    "SamplingParams",
     "Segment",
+    "TextStream",
     "fetch_file",
     "from_pretrained",
     "generate",

@@ -1,5 +1,9 @@
-"""Text generation with a KV cache: greedy or sampled (temperature, top-k, top-p), stop ids, seed,
-streaming callback, batched prompts with left padding.
+"""Text generation with a KV cache: greedy or sampled (temperature, top-k, top-p, min-p, repetition
+penalty), stop ids and stop strings, seed, streaming callbacks (ids and decoded text), batched prompts
+with left padding.
+
+Token ids are range-checked once, when the prompts come in; the decoding steps feed the model only ids
+its own head produced, so they skip the model's per-forward range check (a host synchronisation).
 
 LongRoPE strategy (Phi-3-128k / 3.5 / 4-mini): *recompute*, as transformers does. Cached keys were
 rotated with the short factors; at the step where the sequence first passes
@@ -10,14 +14,17 @@ therefore sees exactly the logits an uncached forward over the full sequence wou
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
 from .errors import PhiModelError
 from .model import PhiForCausalLM
+from .sampling import SamplingParams, check_seed, choose_tokens
+from .streaming import TextStream, check_stop_strings
 
 StreamCallback = Callable[[int, int], None]
+TextCallback = Callable[[int, str], None]
 
 
 def _as_rows(prompts) -> list[list[int]]:
@@ -31,19 +38,14 @@ def _as_rows(prompts) -> list[list[int]]:
     return rows
 
 
-def _filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    """Mask (B, V) logits outside the top-k / nucleus to -inf."""
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0.0 < top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        # Drop a token once the mass before it already reaches top_p (the first token always stays).
-        drop_sorted = (cumulative - sorted_logits.softmax(-1)) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+def check_prompt_ids(rows: list[list[int]], vocab_size: int) -> None:
+    """Refuse token ids outside [0, vocab_size) with one PhiModelError (prompts are host lists: no sync)."""
+    for b, row in enumerate(rows):
+        bad = next((t for t in row if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise PhiModelError(
+                f"prompt {b} holds token id {bad} outside [0, {vocab_size}); the tokenizer does not match this model"
+            )
 
 
 @torch.no_grad()
@@ -55,19 +57,33 @@ def generate(
     temperature: float = 0.0,
     top_k: int | None = None,
     top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
     stop_ids: Sequence[int] = (),
+    stop_strings: Iterable[str] | str | None = (),
+    tokenizer=None,
     seed: int | None = None,
     pad_id: int = 0,
     stream: StreamCallback | None = None,
+    on_text: TextCallback | None = None,
 ) -> list[list[int]]:
     """New token ids for each prompt (stop token excluded); ``temperature`` 0 means greedy.
 
     Prompts of different lengths are left-padded with ``pad_id`` and masked. ``stream(row, token)``
-    is called for every generated token as soon as it is chosen.
+    is called for every generated token as soon as it is chosen. With a ``tokenizer``,
+    ``on_text(row, text)`` receives decoded increments (see :class:`phi_models.TextStream`), and
+    ``stop_strings`` end a row once its decoded text contains one; that row's ids then end with
+    the token that completed the stop string, and its text (``on_text``) stops just before it.
     """
-    if max_new_tokens < 0 or temperature < 0:
-        raise PhiModelError("max_new_tokens and temperature must be >= 0")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise PhiModelError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+    seed = check_seed(seed)
+    stop_strings = check_stop_strings(stop_strings)
+    if (stop_strings or on_text is not None) and tokenizer is None:
+        raise PhiModelError("stop_strings and on_text decode text: pass tokenizer= as well")
     rows = _as_rows(prompts)
+    check_prompt_ids(rows, model.config.vocab_size)
     device = next(model.parameters()).device
     B, longest = len(rows), max(len(r) for r in rows)
     total = longest + max_new_tokens
@@ -82,47 +98,63 @@ def generate(
         tokens[b, longest - len(row) : longest] = torch.tensor(row, device=device)
         mask[b, longest - len(row) : longest] = 1
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    stops = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    seen = None
+    if repetition_penalty != 1.0:  # (B, V): which tokens each row has seen, prompt included
+        seen = torch.zeros(B, model.config.vocab_size, dtype=torch.bool, device=device)
+        seen.scatter_(1, tokens[:, :longest], mask[:, :longest].bool())
+    stops = set(int(t) for t in stop_ids)
+    texts = [TextStream(tokenizer, stop_strings) for _ in rows] if tokenizer is not None else None
+    done = [False] * B
     outputs: list[list[int]] = [[] for _ in rows]
     rotary = model.model.rotary_emb
     was_training = model.training
     model.eval()
     try:
         cache = model.new_cache(total)
+        cache.ids_checked = True
         logits = model(tokens[:, :longest], attention_mask=mask[:, :longest], kv_cache=cache)[:, -1]
         for step in range(max_new_tokens):
-            next_token = _choose(logits.float(), temperature, top_k, top_p, generator)
-            next_token = torch.where(done, torch.full_like(next_token, pad_id), next_token)
-            position = longest + step
-            tokens[:, position] = next_token
-            mask[:, position] = (~done).long()
-            is_stop = torch.isin(next_token, stops) if len(stops) else torch.zeros_like(done)
-            for b in (~done & ~is_stop).nonzero().flatten().tolist():
-                token = int(next_token[b])
-                outputs[b].append(token)
-                if stream is not None:
-                    stream(b, token)
-            done |= is_stop
-            if bool(done.all()) or step == max_new_tokens - 1:
+            next_token = choose_tokens(logits.float(), [params] * B, [generator] * B, seen)
+            chosen = next_token.tolist()  # the one host transfer per step: stops and callbacks need the ids
+            for b, token in enumerate(chosen):
+                if done[b]:
+                    chosen[b] = pad_id
+                elif token in stops:
+                    done[b], chosen[b] = True, pad_id
+                else:
+                    _emit(b, token, outputs, stream, on_text, texts)
+                    done[b] = texts is not None and texts[b].stopped
+            if all(done) or step == max_new_tokens - 1:
                 break
-            next_positions = cache.next_positions
-            if cache.rope_long is False and rotary.needs_long(next_positions):
+            position = longest + step
+            live = torch.tensor([not d for d in done], device=device)
+            tokens[:, position] = torch.tensor(chosen, device=device)
+            mask[:, position] = live.long()
+            if seen is not None:
+                seen[live, tokens[live, position]] = True
+            if cache.rope_long is False and rotary.longrope and position + 1 > rotary.original_max:
                 # Crossing into LongRoPE's long regime: rebuild the cache with the long factors.
                 cache.reset()
                 logits = model(tokens[:, : position + 1], attention_mask=mask[:, : position + 1], kv_cache=cache)
             else:
-                logits = model(tokens[:, position : position + 1], attention_mask=mask[:, position : position + 1], kv_cache=cache)
+                step_ids, step_mask = tokens[:, position : position + 1], mask[:, position : position + 1]
+                logits = model(step_ids, attention_mask=step_mask, kv_cache=cache)
             logits = logits[:, -1]
     finally:
         model.train(was_training)
+    if texts is not None and on_text is not None:
+        for b, text in enumerate(texts):
+            rest = text.finish()
+            if rest:
+                on_text(b, rest)
     return outputs
 
 
-def _choose(
-    logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None, generator
-) -> torch.Tensor:
-    if temperature == 0.0:
-        return logits.argmax(-1)
-    probs = _filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+def _emit(b, token, outputs, stream, on_text, texts) -> None:
+    outputs[b].append(token)
+    if stream is not None:
+        stream(b, token)
+    if texts is not None:
+        piece = texts[b].push(token)
+        if piece and on_text is not None:
+            on_text(b, piece)

@@ -9,8 +9,10 @@ so a test or a user can flip them at any time. Nothing fetched is executed.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import (
@@ -45,6 +47,43 @@ def hub_recently_unreachable() -> bool:
     return _clock() < _hub_unreachable_until
 
 
+# Before the first download of a window, one TCP connect (PROBE_TIMEOUT seconds at most) tells whether the
+# hub's host can be reached at all; with no network, that fails in a moment where huggingface_hub's own
+# retries would take ~25 s and print a dozen lines.
+PROBE_TIMEOUT = 3.0
+_hub_reachable_until = float("-inf")
+
+# The advice at the end of a "not in the cache and the hub could not be reached" error, by repo type.
+OFFLINE_ADVICE = {
+    "model": "pass --model a local directory holding the model files (or a model already in the cache), "
+             "or download it once with network access",
+    "dataset": "pass --data a local .jsonl/.json/.parquet/.csv/.tsv file or a bundled sample "
+               "(samples/roleplay, samples/alpaca, ...), or download the dataset once with network access",
+}
+
+
+def hub_endpoint() -> str:
+    """The hub's base URL (``HF_ENDPOINT`` when set)."""
+    return os.environ.get("HF_ENDPOINT", "").strip() or "https://huggingface.co"
+
+
+def hub_reachable() -> bool:
+    """Whether a TCP connection to the hub's host opens within ``PROBE_TIMEOUT`` (remembered for a while)."""
+    global _hub_reachable_until, _hub_unreachable_until
+    if _clock() < _hub_reachable_until:
+        return True
+    url = urlparse(hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=PROBE_TIMEOUT):
+            pass
+    except OSError:
+        _hub_unreachable_until = _clock() + UNREACHABLE_FOR
+        return False
+    _hub_reachable_until = _clock() + UNREACHABLE_FOR
+    return True
+
+
 def hub_offline() -> bool:
     """True when ``HF_HUB_OFFLINE`` asks for the cache only."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
@@ -67,7 +106,7 @@ def fetch_file(
     """
     global _hub_unreachable_until
     where = f"{repo_type} repo '{repo_id}'" + (f" at revision '{revision}'" if revision else "")
-    cache_only = hub_offline() or hub_recently_unreachable()
+    cache_only = hub_offline() or hub_recently_unreachable() or not hub_reachable()
     try:
         path = hf_hub_download(
             repo_id,
@@ -93,10 +132,8 @@ def fetch_file(
         if not required:
             return None
         reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub could not be reached"
-        raise HubError(
-            f"'{filename}' from {where} is not in the local cache and {reason}: download it once "
-            f"with network access, or pass a local directory holding the files instead of a repo id"
-        ) from err
+        advice = OFFLINE_ADVICE.get(repo_type, OFFLINE_ADVICE["model"])
+        raise HubError(f"'{filename}' from {where} is not in the local cache and {reason}: {advice}") from err
     except EntryNotFoundError as err:
         if not required:
             return None
@@ -104,3 +141,31 @@ def fetch_file(
     except HfHubHTTPError as err:
         raise HubError(f"fetching '{filename}' from {where} failed: {err}") from err
     return Path(path)
+
+
+def list_repo_files(repo_id: str, *, repo_type: str = "model", revision: str | None = None) -> list[str]:
+    """The file paths of a hub repository: listed by the hub, or, offline, those of its cached snapshot."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    where = f"{repo_type} repo '{repo_id}'" + (f" at revision '{revision}'" if revision else "")
+    token = os.environ.get("HF_TOKEN") or None
+    if not (hub_offline() or hub_recently_unreachable() or not hub_reachable()):
+        try:
+            return list(HfApi().list_repo_files(repo_id, repo_type=repo_type, revision=revision, token=token))
+        except GatedRepoError as err:
+            raise HubError(f"{where} is gated: accept its terms on huggingface.co, then set HF_TOKEN") from err
+        except RepositoryNotFoundError as err:
+            raise HubError(f"{where} was not found or is private: check the name, or set HF_TOKEN") from err
+        except RevisionNotFoundError as err:
+            raise HubError(f"{where}: no such revision; pass an existing branch, tag or commit") from err
+        except HfHubHTTPError as err:
+            raise HubError(f"listing the files of {where} failed: {str(err).splitlines()[0]}") from err
+        except OSError:  # the connection died after the probe: fall back to the cache
+            pass
+    try:
+        folder = Path(snapshot_download(repo_id, repo_type=repo_type, revision=revision, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub could not be reached"
+        advice = OFFLINE_ADVICE.get(repo_type, OFFLINE_ADVICE["model"])
+        raise HubError(f"{where} is not in the local cache and {reason}: {advice}") from None
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())

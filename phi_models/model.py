@@ -114,7 +114,10 @@ class PhiForCausalLM(nn.Module):
             )
         if document_ids is not None and past:
             raise PhiModelError("document_ids cannot be combined with a non-empty KV cache; pass one of them")
-        if input_ids.numel() and (int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0):
+        ids_checked = kv_cache is not None and kv_cache.ids_checked  # generate checked them at its boundary
+        if not ids_checked and input_ids.numel() and (
+            int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0
+        ):
             raise PhiModelError(
                 f"input_ids hold a token id outside [0, {self.config.vocab_size}); the tokenizer does not "
                 f"match this model"

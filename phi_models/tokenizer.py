@@ -12,6 +12,7 @@ from .errors import PhiModelError
 from .json_files import read_json
 from .hub import HubFileMissing
 from .presets import PRESET_CHAT_FORMATS, tiny_tokenizer_path
+from .shipped_template import SPECIAL_TOKEN_NAMES, ShippedTemplate, find_shipped_template, render_shipped
 from .source import resolve_source
 
 _AUTO = object()
@@ -31,12 +32,21 @@ class PhiTokenizer:
         extra_stop_ids: Iterable[int] = (),
         chat_format: str | None = None,
         name: str = "",
+        chat_template: ShippedTemplate | None = None,
+        special_tokens: Mapping[str, str | None] | None = None,
     ):
         if chat_format is not None and chat_format not in CHAT_FORMATS:
             raise PhiModelError(f"unknown chat format '{chat_format}'; expected one of {CHAT_FORMATS} or None")
         self.backend = backend
         self.name = name
         self.chat_format = chat_format
+        # The folder's own Jinja template (None: none shipped); apply_chat_template renders it when present.
+        self.chat_template = chat_template
+        names = dict(special_tokens or {})
+        for key, value in (("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token)):
+            names.setdefault(key, value)
+        # What transformers passes a template as variables: the named special tokens that are set.
+        self.special_tokens_map = {k: names[k] for k in SPECIAL_TOKEN_NAMES if names.get(k) is not None}
         self.bos_token_id = self._known_id(bos_token, "bos_token")
         self.eos_token_id = self._known_id(eos_token, "eos_token")
         self.pad_token_id = self._known_id(pad_token, "pad_token")
@@ -85,8 +95,17 @@ class PhiTokenizer:
             )
         return render_chat(messages, self.chat_format, add_generation_prompt)
 
-    def apply_chat_template(self, messages: Iterable[Mapping[str, Any]], add_generation_prompt: bool = False) -> str:
-        """The conversation rendered as text (no final EOS)."""
+    def apply_chat_template(self, messages: Iterable[Mapping[str, Any]], add_generation_prompt: bool = False,
+                            **variables: Any) -> str:
+        """The conversation rendered as text.
+
+        With a shipped template (``chat_template``) this is exactly transformers' ``apply_chat_template``
+        (``tokenize=False``), whatever the template writes (a BOS, a final EOS, dropped messages);
+        otherwise the hand-written chat format (no final EOS). ``variables`` reach the Jinja template only.
+        """
+        if self.chat_template is not None:
+            return render_shipped(self.chat_template.source, messages, self.special_tokens_map,
+                                  add_generation_prompt, **variables)
         return "".join(s.text for s in self.render_chat(messages, add_generation_prompt))
 
     def __repr__(self) -> str:
@@ -112,6 +131,17 @@ def _token_ids(value: Any, where: str) -> list[int]:
     if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 31 for i in ids):
         raise PhiModelError(f"{where}: expected a token id or a list of token ids, got {value!r:.60}")
     return ids
+
+
+def _read_text(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PhiModelError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise PhiModelError(f"{path}: cannot be read ({err.strerror})") from None
 
 
 def _detect_chat_format(backend: Tokenizer, template: str | None) -> str | None:
@@ -158,6 +188,7 @@ def load_tokenizer(name_or_path: str | Path, revision: str | None = None, chat_f
         ) from None
     backend = _load_backend(tokenizer_file)
     tok_config = _read_json(source.file("tokenizer_config.json", required=False))
+    shipped = find_shipped_template(lambda filename: _read_text(source.file(filename, required=False)), tok_config)
     special_map = _read_json(source.file("special_tokens_map.json", required=False))
     model_config = _read_json(source.file("config.json", required=False))
     gen_config = _read_json(source.file("generation_config.json", required=False))
@@ -174,11 +205,10 @@ def load_tokenizer(name_or_path: str | Path, revision: str | None = None, chat_f
         extra_stops += _token_ids(key_source.get("eos_token_id"), f"{source.name} {file} eos_token_id")
 
     if chat_format is _AUTO:
-        template = tok_config.get("chat_template")
         if source.preset is not None:
             fmt = PRESET_CHAT_FORMATS[source.preset]
         else:
-            fmt = _detect_chat_format(backend, template if isinstance(template, str) else None)
+            fmt = _detect_chat_format(backend, shipped.source if shipped else None)
     else:
         fmt = chat_format
     return PhiTokenizer(
@@ -189,4 +219,6 @@ def load_tokenizer(name_or_path: str | Path, revision: str | None = None, chat_f
         extra_stop_ids=extra_stops,
         chat_format=fmt,
         name=source.name,
+        chat_template=shipped,
+        special_tokens={name: special(name) for name in SPECIAL_TOKEN_NAMES},
     )

@@ -14,6 +14,15 @@ import sys
 # or main(argv) -> int when it parses its own arguments (train reuses TrainConfig's parser).
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("philora.commands.train", "fine-tune a Phi model with LoRA/QLoRA (same options as python train.py)"),
+    "generate": ("philora.commands.generate", "answer a prompt (streamed) or a JSONL file of prompts (batched)"),
+    "chat": ("philora.commands.chat", "chat in the terminal in the run's template, with history and a persona"),
+    "serve": ("philora.commands.serve", "OpenAI-compatible HTTP server: many adapters on one base, batched"),
+    "export": ("philora.commands.export", "write a run's adapter in PEFT's format (transformers + peft, vLLM)"),
+    "merge": ("philora.commands.merge", "fold a run's adapter into its base and write a Hugging Face checkpoint"),
+    "push": ("philora.commands.push", "upload a run's PEFT adapter (or merged model) to the Hugging Face Hub"),
+    "eval": ("philora.commands.eval", "loss, perplexity, ROUGE, exact match and stop share of a run or model on a split"),
+    "report": ("philora.commands.report", "plot a run's curves (PNG) and summarize its metrics"),
+    "lm-eval": ("philora.commands.lm_eval", "lm-evaluation-harness with the philora model registered (lm_eval's own options)"),
 }
 
 
@@ -37,14 +46,19 @@ def main(argv: list[str] | None = None) -> int:
         if not argv or argv[0] in ("-h", "--help"):
             parser.print_help()
             return 0 if argv else 2
+        from training.guidance import did_you_mean
+
         valid = ", ".join(COMMANDS)
-        print(f"philora: error: unknown command {argv[0]!r}; choose one of: {valid}", file=sys.stderr)
+        print(f"philora: error: unknown command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}; choose one of: {valid}",
+              file=sys.stderr)
         return 2
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
     if hasattr(module, "main"):
         return module.main(rest)
-    parser = argparse.ArgumentParser(prog=f"philora {name}", description=COMMANDS[name][1],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from training.guidance import OneLineArgumentParser  # errors on one line, listing choices, with suggestions
+
+    parser = OneLineArgumentParser(prog=f"philora {name}", description=COMMANDS[name][1],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(parser)
     return module.run(parser.parse_args(rest))

@@ -161,7 +161,9 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path:
         clean_leftovers(output_dir)  # a save killed between its renames may have left step-N aside
         found = list_checkpoints(output_dir)
         if not found:
-            raise TrainingError(f"--resume latest: no complete checkpoint in {checkpoint_root(output_dir)}; start without --resume")
+            raise TrainingError(f"--resume latest: no complete checkpoint in {checkpoint_root(output_dir)} (the run "
+                                f"stopped before its first save, so there is nothing to resume); start it afresh "
+                                f"with --overwrite instead of --resume")
         return found[-1]
     path = Path(resume)
     if not _is_complete(path):

@@ -20,6 +20,7 @@ import yaml
 from training.config_file import read_options_file
 from training.errors import TrainingError
 from training.limits import check_option_bounds
+from training.guidance import OneLineArgumentParser, did_you_mean
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 QUANTIZE = ("none", "nf4", "fp4")
@@ -27,6 +28,7 @@ OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw", "paged_adamw8bit")
 SCHEDULES = ("cosine", "linear", "constant")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
+RESOLVED_KEY = "resolved"  # section of train_config.yaml written by training.run_record, skipped on --config
 
 
 def _opt(default: Any, help: str, *, kind: type, choices: tuple | None = None, group: str = "run"):
@@ -41,8 +43,14 @@ class TrainConfig:
     # what to train
     model: str | None = _opt(None, "model: a preset (tiny, phi-1.5, phi-2, phi-3-mini-4k, ...), a hub repo id or a local directory", kind=str, group="what")
     data: str | None = _opt(None, "dataset: roleplay, tweetsumm, oasst1, samples/<name> (bundled) or a local .jsonl/.json/.parquet file", kind=str, group="what")
+    revision: str | None = _opt(None, "hub revision (branch, tag or commit) of --model (default: the main branch)", kind=str, group="what")
+    shape: str | None = _opt(None, "record shape of --data: messages, sharegpt, alpaca, prompt_completion or text (default: detected from the first record)", kind=str, group="what")
+    columns: str | None = _opt(None, "rename the data's columns first: FIELD=COLUMN pairs, e.g. prompt=question,completion=answer", kind=str, group="what")
+    split: str | None = _opt(None, "split of a hub dataset repo --data owner/name (default: train)", kind=str, group="what")
+    subset: str | None = _opt(None, "subset (folder) of a hub dataset repo --data owner/name", kind=str, group="what")
+    eval_data: str | None = _opt(None, "a separate evaluation dataset (same kinds as --data; default: --data's validation split or --val-fraction of it)", kind=str, group="what")
     tokenizer: str | None = _opt(None, "tokenizer to use (default: the model's own)", kind=str, group="what")
-    template: str | None = _opt(None, "prompt format passed to data.prepare (default: the model's chat format, or the data's own)", kind=str, group="what")
+    template: str | None = _opt(None, "prompt format: model (the model's own chat template), phi3, phi3.5, phi4-mini, phi4, roleplay, human_assistant, instruct, alpaca, instruction, plain (default: model when the tokenizer ships a template, else its chat format, else the data's usual one)", kind=str, group="what")
     limit: int | None = _opt(None, "use only the first N records of the dataset", kind=int, group="what")
     val_fraction: float = _opt(0.05, "fraction of the records held out for evaluation", kind=float, group="what")
     train_on_prompt: bool = _opt(False, "also compute the loss on prompt/user tokens (default: replies only)", kind=bool, group="what")
@@ -57,6 +65,8 @@ class TrainConfig:
     keep_last: int = _opt(3, "keep only the newest K checkpoints", kind=int, group="output")
     eval_every: int = _opt(200, "evaluate every N optimizer steps (0: only at the end)", kind=int, group="output")
     eval_batches: int | None = _opt(None, "evaluate on at most N batches (default: the whole validation split)", kind=int, group="output")
+    eval_generate: int = _opt(0, "at every evaluation also generate from the first N validation prompts and log ROUGE, exact match, length and stop share", kind=int, group="output")
+    eval_generate_tokens: int = _opt(128, "most new tokens per reply for --eval-generate", kind=int, group="output")
     log_every: int = _opt(10, "write a metrics line every N optimizer steps", kind=int, group="output")
     sample_prompt: str | None = _opt(None, "prompt for the sample generation printed at the end (default: the first validation example's prompt)", kind=str, group="output")
     sample_tokens: int = _opt(48, "tokens to generate for the sample at the end (0: no sample)", kind=int, group="output")
@@ -87,6 +97,7 @@ class TrainConfig:
     lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r)", kind=float, group="lora")
     lora_dropout: float = _opt(0.05, "dropout on the LoRA input", kind=float, group="lora")
     targets: str | None = _opt(None, "comma-separated module names to adapt (default: all attention and MLP projections of the model family)", kind=str, group="lora")
+    adapter: str | None = _opt(None, "start from this adapter instead of a fresh LoRA: a philora adapter file or a PEFT adapter directory (its r, alpha and targets are used; default: none)", kind=str, group="lora")
 
     # hardware and precision
     device: str = _opt("auto", "cuda when available, else cpu", kind=str, choices=DEVICES, group="hw")
@@ -130,7 +141,7 @@ def flag_name(name: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one flag per TrainConfig field; given flags only (SUPPRESS defaults)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog="train.py",
         description=(
             "LoRA/QLoRA fine-tuning of Phi models. `python train.py` with no arguments runs the offline "
@@ -161,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _cli_converter(name: str):
     def convert(text: str):
-        return coerce(name, text, source="command line")
+        try:
+            return coerce(name, text, source="command line")
+        except TrainingError as err:  # argparse prefixes "argument --flag: " itself
+            raise argparse.ArgumentTypeError(str(err).split(": ", 1)[-1]) from None
     convert.__name__ = FIELDS[name].metadata["kind"].__name__  # argparse names the type in its errors
     return convert
 
@@ -202,7 +216,7 @@ def coerce(name: str, value: Any, *, source: str) -> Any:
     except (TypeError, ValueError):
         raise TrainingError(f"{where}: expected {kind.__name__}, got {reprlib.repr(value)}") from None
     if choices and out not in choices:
-        raise TrainingError(f"{where}: {out!r} is not one of {', '.join(choices)}")
+        raise TrainingError(f"{where}: {out!r} is not one of {', '.join(choices)}{did_you_mean(out, choices)}")
     return out
 
 
@@ -217,6 +231,8 @@ def read_config_file(path: str) -> dict[str, Any]:
     unknown = []
     spelled: dict[str, str] = {}
     for key, value in raw.items():
+        if key == RESOLVED_KEY:  # a run's train_config.yaml: what the run resolved, not options
+            continue
         name = str(key).lstrip("-").replace("-", "_")
         if name not in FIELDS:
             unknown.append(str(key))
@@ -227,8 +243,9 @@ def read_config_file(path: str) -> dict[str, Any]:
         spelled[name] = str(key)
         out[name] = coerce(name, value, source=f"config file {path}")
     if unknown:
+        hints = "".join(did_you_mean(key.lstrip("-").replace("-", "_"), FIELDS, quote=True) for key in sorted(unknown))
         raise TrainingError(
-            f"--config {path}: unknown key(s) {', '.join(sorted(unknown))}; valid keys are the flags of "
+            f"--config {path}: unknown key(s) {', '.join(sorted(unknown))}{hints}; valid keys are the flags of "
             f"`python train.py --help` (e.g. lora_r or lora-r)"
         )
     return out
@@ -258,11 +275,11 @@ def validate(cfg: TrainConfig) -> None:
     if not cfg.data:
         raise TrainingError("--data is required (e.g. --data roleplay); run `python train.py` with no arguments for the offline demo")
     positive = ["batch_size", "eval_batch_size", "grad_accum", "lora_r", "max_seq_len", "keep_last", "log_every", "loss_chunk",
-                "pad_multiple"]
+                "pad_multiple", "eval_generate_tokens"]
     for name in positive:
         if getattr(cfg, name) < 1:
             raise TrainingError(f"{flag_name(name)} must be >= 1, got {getattr(cfg, name)}")
-    for name in ["save_every", "eval_every", "sample_tokens"]:
+    for name in ["save_every", "eval_every", "sample_tokens", "eval_generate"]:
         if getattr(cfg, name) < 0:
             raise TrainingError(f"{flag_name(name)} must be >= 0, got {getattr(cfg, name)}")
     if cfg.max_steps is not None and cfg.max_steps < 1:
@@ -286,6 +303,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.limit is not None and cfg.limit < 1:
         raise TrainingError(f"--limit must be >= 1, got {cfg.limit}")
     check_option_bounds(cfg)
+    if cfg.eval_generate and cfg.train_on_prompt:
+        raise TrainingError("--eval-generate needs masked prompts to generate from, and --train-on-prompt makes every "
+                            "token a target; drop one of them (philora eval RUN can still generate afterwards)")
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -293,9 +313,13 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def dump_config(cfg: TrainConfig, extra: dict[str, Any] | None = None) -> str:
-    """YAML text of the resolved config, readable back with ``--config`` (``extra`` goes in a comment)."""
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+def dump_config(cfg: TrainConfig, extra: dict[str, Any] | None = None, resolved: dict[str, Any] | None = None) -> str:
+    """YAML text of the resolved config, readable back with ``--config`` (``extra`` goes in a comment,
+    ``resolved`` into a ``resolved:`` section that ``--config`` skips)."""
+    values = config_to_dict(cfg)
+    if resolved is not None:
+        values[RESOLVED_KEY] = resolved
+    text = yaml.safe_dump(values, sort_keys=False)
     if extra:
         notes = "".join(f"# {k}: {v}\n" for k, v in extra.items())
         text = "# resolved by train.py\n" + notes + text

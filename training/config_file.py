@@ -1,8 +1,7 @@
-"""Reading a ``--config`` file safely: bounded size and nesting, UTF-8 only, no YAML aliases, no key twice.
+"""Reading a ``--config`` file safely: bounded size, nesting and alias expansion, UTF-8 only, no key twice.
 
-Option files are flat mappings of scalars, so anything beyond that is refused up front rather than
-expanded: a YAML alias bomb would otherwise be materialized when a value is printed, and deep nesting
-would exhaust Python's recursion limit inside the parsers.
+A YAML alias bomb is refused before it is expanded (it would otherwise be materialized when a value is
+printed), and deep nesting before it exhausts Python's recursion limit inside the parsers.
 """
 
 from __future__ import annotations
@@ -17,20 +16,17 @@ from training.errors import TrainingError
 
 MAX_CONFIG_BYTES = 1 << 20  # an options file is a few hundred bytes; a megabyte is generous
 MAX_DEPTH = 32
+MAX_EXPANDED_NODES = 100_000
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases, deep nesting and a key given twice in one mapping."""
+    """SafeLoader bounding nesting and alias expansion, and refusing a key given twice in one mapping."""
 
     def __init__(self, stream):
         super().__init__(stream)
         self._depth = 0
 
     def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark
-            raise yaml.composer.ComposerError(None, None, "YAML aliases (*name) are not allowed in an options file",
-                                              mark)
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -39,6 +35,24 @@ class _StrictLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        # Aliases share nodes, so the graph is small while its expansion can be exponential (an alias
+        # bomb): count the expanded size, memoized per node, before anything is constructed.
+        sizes: dict[int, int] = {}
+
+        def expanded(n) -> int:
+            if id(n) not in sizes:
+                children = (n.value if isinstance(n, yaml.SequenceNode) else
+                            [x for pair in n.value for x in pair] if isinstance(n, yaml.MappingNode) else [])
+                sizes[id(n)] = min(1 + sum(expanded(c) for c in children), MAX_EXPANDED_NODES + 1)
+            return sizes[id(n)]
+
+        if node is not None and expanded(node) > MAX_EXPANDED_NODES:
+            raise yaml.composer.ComposerError(None, None, f"aliases expand to more than {MAX_EXPANDED_NODES:,} "
+                                              f"values (an alias bomb?)", node.start_mark)
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen = set()

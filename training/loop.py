@@ -23,6 +23,7 @@ from training.rng import rng_state
 from training.signals import StopRequest
 
 MODEL_KEYS = ("attention_mask", "position_ids", "document_ids")
+GEN_SHOWN = ("gen_rougeL", "gen_stop_share")  # generation metrics shown on the eval line
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -119,13 +120,13 @@ class FitResult:
 def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], val_batches: list[dict],
         optimizer, schedule, scaler, precision: Precision, settings: LoopSettings, state: TrainingState,
         output_dir: str, metrics: MetricsLog, progress: ProgressBar,
-        last_checkpoint: str | None = None) -> FitResult:
+        last_checkpoint: str | None = None, generation_eval: Callable[[torch.nn.Module], dict] | None = None) -> FitResult:
     """Train until ``settings.total_steps`` optimizer steps (or a time limit or a signal).
 
     ``epoch_batches(e)`` returns epoch ``e``'s micro-batches (deterministic, so a resumed run
     continues at ``state.epoch``/``state.batch_index``). A non-finite loss stops the run before
     the optimizer touches the weights, with a TrainingError naming the step; checkpoints already
-    written stay.
+    written stay. ``generation_eval(model)`` (``--eval-generate``) adds its metrics to every eval record.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -152,9 +153,12 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
                           max_batches=settings.eval_batches)
         if state.best_eval_loss is None or result["loss"] < state.best_eval_loss:
             state.best_eval_loss = result["loss"]
-        metrics.write({"kind": "eval", "step": state.step, "loss": result["loss"], "ppl": result["ppl"],
-                       "tokens": result["tokens"]})
-        progress.message(f"eval @ step {state.step}: loss {result['loss']:.4f}  ppl {result['ppl']:.2f}")
+        record = {"kind": "eval", "step": state.step, "loss": result["loss"], "ppl": result["ppl"],
+                  "tokens": result["tokens"]}
+        extra = generation_eval(model) if generation_eval is not None else {}
+        metrics.write({**record, **extra})
+        progress.message(f"eval @ step {state.step}: loss {result['loss']:.4f}  ppl {result['ppl']:.2f}"
+                         + "".join(f"  {k[4:]} {v:.3f}" for k, v in extra.items() if k in GEN_SHOWN))
         return result
 
     stopped_by = "done"

@@ -27,13 +27,15 @@ from training.checkpoint import (
 from training.config import TrainConfig, dump_config, flag_name, parse_config
 from training.errors import TrainingError
 from training.finite import check_finite_lora
+from training.guidance import empty_reply_note, session_summary, small_data_note
 from training.limits import check_against_model
+from training.targets_check import check_targets, meta_model
 from training.loop import LoopSettings, fit
 from training.optim import build_optimizer
 from training.precision import Precision, base_dtype, resolve_device, resolve_precision
 from training.oserrors import describe_os_error, disk_full_is_oserror
 from training.rundir import acquire_run_lock, clear_run, make_output_dir, release_run_locks, write_marker
-from training.progress import METRICS_FILE, MetricsLog, ProgressBar, format_duration, peak_memory_mb
+from training.progress import METRICS_FILE, MetricsLog, ProgressBar, peak_memory_mb
 from training.rng import seed_everything, set_rng_state
 from training.schedule import LRSchedule, warmup_steps_for
 from training.signals import Terminated, sigterm_exits
@@ -56,7 +58,8 @@ DEFAULT_TARGETS = {
 # evaluation and logging, and how the same computation runs (--device, --precision, --dtype,
 # --gradient-checkpointing, --pad-multiple, --loss-chunk, --eval-batch-size).
 RESUME_LOCKED = (
-    "model", "data", "tokenizer", "template", "limit", "val_fraction", "train_on_prompt", "max_seq_len", "packing",
+    "model", "data", "shape", "columns", "split", "subset", "eval_data", "tokenizer", "template", "limit",
+    "val_fraction", "train_on_prompt", "max_seq_len", "packing",
     "quantize", "batch_size", "grad_accum", "seed", "lr", "schedule", "warmup", "min_lr_ratio", "optimizer",
     "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout",
 )
@@ -111,6 +114,9 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
     make_output_dir(out)
     acquire_run_lock(out)  # before anything in it is changed (a run using it is named first); main() releases it
     if holds_run and not cfg.resume and not cfg.overwrite:
+        if not list_checkpoints(out):
+            raise TrainingError(f"--output-dir {out} holds a run with no complete checkpoint (it stopped before "
+                                f"its first save): pass --overwrite to start it afresh, or another --output-dir")
         raise TrainingError(f"--output-dir {out} already holds a run: pass --resume latest to continue it, "
                             f"--overwrite to start afresh there, or another --output-dir")
     if holds_run and not cfg.resume:
@@ -119,7 +125,7 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
     return out
 
 
-def resolve_targets(cfg: TrainConfig, model: torch.nn.Module) -> list[str]:
+def resolve_targets(cfg: TrainConfig, model: torch.nn.Module | None) -> list[str]:
     """--targets as a list, or the model family's default set."""
     if cfg.targets:
         names = [t.strip() for t in cfg.targets.split(",") if t.strip()]
@@ -137,15 +143,16 @@ def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Preci
     import data
     import phi_models
 
-    tokenizer = phi_models.load_tokenizer(cfg.tokenizer or cfg.model)
+    tokenizer = phi_models.load_tokenizer(cfg.tokenizer or cfg.model, revision=None if cfg.tokenizer else cfg.revision)
     prepared = data.prepare(cfg.data, tokenizer, template=cfg.template, max_seq_len=cfg.max_seq_len,
                             train_on_prompt=cfg.train_on_prompt, val_fraction=cfg.val_fraction,
-                            seed=cfg.seed, limit=cfg.limit)
+                            seed=cfg.seed, limit=cfg.limit, eval_data=cfg.eval_data, shape=cfg.shape,
+                            columns=cfg.columns, split=cfg.split, subset=cfg.subset)
     if not prepared.train:
         raise TrainingError(f"--data {cfg.data}: no training examples after preparation; check the source and --limit")
     quantize = None if cfg.quantize == "none" else cfg.quantize
     dtype = base_dtype(cfg.dtype, precision)
-    model = phi_models.from_pretrained(cfg.model, dtype=dtype, device=device, quantize=quantize)
+    model = phi_models.from_pretrained(cfg.model, dtype=dtype, device=device, quantize=quantize, revision=cfg.revision)
     if quantize is not None:
         keep_4bit_weights_trainable(model)
     return tokenizer, prepared, model
@@ -167,11 +174,24 @@ def add_lora(cfg: TrainConfig, model: torch.nn.Module) -> tuple[list[str], dict]
     """Inject LoRA (fp32 factors, base frozen) into the targets; returns them and the adapter config."""
     import lora_core
 
+    if cfg.adapter:  # continue training an adapter (ours or PEFT's): its layout replaces --targets/--lora-r
+        from phi_models.adapters import attach_adapter
+        config = attach_adapter(model, cfg.adapter, lora_dropout=cfg.lora_dropout)
+        return list(config.get("adapted") or config["targets"]), dict(model.lora_core_config, base_model=cfg.model)
     targets = resolve_targets(cfg, model)
     # inject's freeze_base (the default) freezes all but the LoRA factors, biases too (loralib's bias='none').
     lora_core.inject(model, targets=targets, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
     # inject records everything needed to rebuild the adapter; add where the base came from.
     return targets, dict(model.lora_core_config, base_model=cfg.model)
+
+
+def validation_batches(cfg: TrainConfig, examples: list, pad_id: int) -> list[dict]:
+    """The evaluation batches of ``examples`` exactly as training builds them (``philora eval`` reuses this)."""
+    import data
+
+    return data.make_batches(examples, batch_size=cfg.eval_batch_size, max_seq_len=cfg.max_seq_len, pad_id=pad_id,
+                             packing=cfg.packing, shuffle=False, seed=cfg.seed, epoch=0,
+                             pad_to_multiple=cfg.pad_multiple)
 
 
 def plan_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
@@ -199,6 +219,8 @@ def run(cfg: TrainConfig) -> int:
         payload = load_training_state(resume_from)
         check_resume_config(resume_from, payload.get("run_config"), locked_config(cfg))
 
+    if cfg.targets:  # a typo in --targets is reported before the data is tokenized
+        check_targets(resolve_targets(cfg, None), meta_model(cfg.model))
     seed_everything(cfg.seed)
     tokenizer, prepared, model = load_model_and_data(cfg, device, precision)
     check_against_model(cfg, model.config)  # positions and width; before LoRA and any training
@@ -217,9 +239,7 @@ def run(cfg: TrainConfig) -> int:
                                  pad_id=pad_id, packing=cfg.packing, shuffle=True, seed=cfg.seed, epoch=epoch,
                                  pad_to_multiple=cfg.pad_multiple)
 
-    val_batches = data.make_batches(prepared.val, batch_size=cfg.eval_batch_size, max_seq_len=cfg.max_seq_len,
-                                    pad_id=pad_id, packing=cfg.packing, shuffle=False, seed=cfg.seed, epoch=0,
-                                    pad_to_multiple=cfg.pad_multiple)
+    val_batches = validation_batches(cfg, prepared.val, pad_id)
     first_epoch = epoch_batches(0)
     total_steps = plan_steps(cfg, len(first_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -235,10 +255,22 @@ def run(cfg: TrainConfig) -> int:
                           batches_in_epoch=len(first_epoch if position_epoch == 0 else epoch_batches(position_epoch)))
         state = restore(resume_from, payload, model, optimizer, schedule, scaler)
         say(f"resuming from {resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_index})")
+        extended = schedule.extend_to(total_steps)  # more --max-steps/--epochs than the checkpoint planned
+        if extended:
+            say(extended)
+    note = small_data_note(total_steps, len(first_epoch), len(prepared.train), cfg.batch_size, cfg.grad_accum,
+                           cfg.epochs, cfg.max_steps, schedule.warmup_steps)
+    if note:
+        say(note)
+    start_step = state.step
 
     from lora_core import atomic_write
+    from training.run_record import build_record
+    record = build_record(cfg, model=model, tokenizer=tokenizer, template=prepared.template, targets=targets,
+                          adapter_config=adapter_config, precision=precision.name, device=str(device),
+                          total_steps=total_steps)
     resolved = dump_config(cfg, extra={"precision": precision.name, "device": str(device), "targets": ",".join(targets),
-                                       "total_steps": total_steps})
+                                       "total_steps": total_steps}, resolved=record)
     atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(resolved, encoding="utf-8"))
 
     settings = LoopSettings(total_steps=total_steps, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm,
@@ -247,8 +279,14 @@ def run(cfg: TrainConfig) -> int:
                             max_time_s=cfg.max_time * 60 if cfg.max_time else None, adapter_config=adapter_config,
                             run_config=locked_config(cfg, targets))
     metrics = MetricsLog(out, resume_step=state.step if resume_from is not None else None)
+    generation_eval = None
+    if cfg.eval_generate:
+        from training.gen_eval import training_generation_eval
+        generation_eval = training_generation_eval(tokenizer, prepared.val, count=cfg.eval_generate,
+                                                   max_new_tokens=cfg.eval_generate_tokens,
+                                                   batch_size=cfg.eval_batch_size, precision=precision)
     progress = ProgressBar(total_steps, start_step=state.step)
-    say(f"training {total_steps} steps on {device} in {precision.name}"
+    say(f"training {total_steps} step{'s' if total_steps != 1 else ''} on {device} in {precision.name}"
         f"{' with a 4-bit ' + cfg.quantize + ' base' if cfg.quantize != 'none' else ''}: "
         f"{len(first_epoch)} batches/epoch, batch {cfg.batch_size} x accum {cfg.grad_accum}, lr {cfg.lr:g} ({cfg.schedule})")
     existing = list_checkpoints(out)
@@ -256,7 +294,7 @@ def run(cfg: TrainConfig) -> int:
         result = fit(model, epoch_batches=lambda e: first_epoch if e == 0 else epoch_batches(e), val_batches=val_batches,
                      optimizer=optimizer, schedule=schedule, scaler=scaler, precision=precision, settings=settings,
                      state=state, output_dir=str(out), metrics=metrics, progress=progress,
-                     last_checkpoint=str(existing[-1]) if existing else None)
+                     last_checkpoint=str(existing[-1]) if existing else None, generation_eval=generation_eval)
     finally:
         metrics.close()
 
@@ -268,7 +306,11 @@ def run(cfg: TrainConfig) -> int:
     adapter_path = out / FINAL_ADAPTER
     with disk_full_is_oserror(adapter_path):
         lora_core.save_adapter(model, adapter_path, config=adapter_config)
-    print_summary(result, adapter_path, device)
+    from training.run_record import write_peft_dir
+    write_peft_dir(model, out, record, say)
+    print_summary(result, adapter_path, device, start_step)
+    from training.plots import plot_summary_line
+    say(plot_summary_line(out))
     if cfg.sample_tokens:
         print_sample(cfg, model, tokenizer, prepared, precision)
     return 0
@@ -288,15 +330,15 @@ def restore(checkpoint: Path, payload: dict, model, optimizer, schedule, scaler)
     return state_from_payload(payload)
 
 
-def print_summary(result, adapter_path: Path, device: torch.device) -> None:
-    """The end-of-run lines: time, tokens, throughput, memory, eval, where the adapter is."""
+def print_summary(result, adapter_path: Path, device: torch.device, start_step: int = 0) -> None:
+    """The end-of-run lines: run totals, then this session's steps, time, tokens and throughput; eval; the adapter."""
     state, final = result.state, result.last_eval
     tok_rate = result.input_tokens / max(result.train_seconds, 1e-9)
     say("-" * 60)
     if result.stopped_by == "time":
         say(f"stopped by --max-time after step {state.step}; continue with --resume latest")
-    say(f"done: {state.step} steps, {format_duration(state.elapsed)} in all ({result.train_seconds:.1f} s this session), "
-        f"{result.input_tokens:,} tokens at {tok_rate:,.0f} tok/s, peak memory {peak_memory_mb(device):,.0f} MiB")
+    say(session_summary(state, start_step, result.train_seconds, result.input_tokens, tok_rate,
+                        peak_memory_mb(device)))
     if final is None:
         say("no evaluation: the dataset has no validation split (raise --val-fraction)")
     else:
@@ -306,9 +348,15 @@ def print_summary(result, adapter_path: Path, device: torch.device) -> None:
 
 
 def sample_prompt_for(cfg: TrainConfig, tokenizer, prepared) -> list[int]:
-    """Token ids of the sample prompt: --sample-prompt, else the prompt part of the first validation example."""
+    """Token ids of the sample prompt: --sample-prompt as a user turn in the run's template (raw text for
+    plain-text data), else the prompt part of the first validation example."""
     if cfg.sample_prompt:
-        return tokenizer.encode(cfg.sample_prompt)
+        import data
+
+        if prepared.report.shape == "text":
+            return tokenizer.encode(cfg.sample_prompt)
+        return tokenizer.encode(data.render_prompt(prepared.template, [{"role": "user", "content": cfg.sample_prompt}],
+                                                   tokenizer))
     example = (prepared.val or prepared.train)[0]
     prompt = []
     for token, target in zip(example.input_ids, example.targets):
@@ -327,7 +375,8 @@ def print_sample(cfg: TrainConfig, model, tokenizer, prepared, precision: Precis
         (new_ids,) = phi_models.generate(model, [prompt_ids], max_new_tokens=cfg.sample_tokens,
                                          stop_ids=tokenizer.stop_token_ids, seed=cfg.seed)
     say("sample prompt: " + tokenizer.decode(prompt_ids, skip_special_tokens=False)[-300:].replace("\n", "\\n"))
-    say("sample reply : " + tokenizer.decode(new_ids, skip_special_tokens=True).replace("\n", "\\n"))
+    reply = tokenizer.decode(new_ids, skip_special_tokens=True)
+    say("sample reply : " + (empty_reply_note(list(new_ids), reply, tokenizer) or reply.replace("\n", "\\n")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,3 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         return stop.code
     finally:
         release_run_locks()
+
+
+if __name__ == "__main__":  # `python -m training.run ...` is `python train.py ...`
+    sys.exit(main())

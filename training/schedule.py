@@ -68,6 +68,22 @@ class LRSchedule:
         """The learning rate the next optimizer step will use."""
         return self.lr_at(self.last_step)
 
+    def extend_to(self, total_steps: int) -> str | None:
+        """Stretch the decay to end at ``total_steps`` when a resumed run is given more steps; returns a note.
+
+        The learning rate stays a pure function of the step: from now on it follows the same curve
+        (same warmup, same peak and floor) drawn over the longer run, so the next step's rate is the
+        stretched curve's value there, never the floor the old schedule had reached. A smaller total
+        leaves the schedule alone (the run just stops earlier).
+        """
+        if total_steps <= self.total_steps:
+            return None
+        before = self.get_last_lr()
+        old, self.total_steps = self.total_steps, int(total_steps)
+        self._apply()
+        return (f"schedule extended from {old} to {self.total_steps} steps ({self.kind} stretched over the new "
+                f"length): lr at step {self.last_step} is {self.get_last_lr():.3g} (was {before:.3g})")
+
     def state_dict(self) -> dict:
         """Everything needed to continue the schedule."""
         return {"kind": self.kind, "peak_lr": self.peak_lr, "total_steps": self.total_steps,

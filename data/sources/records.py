@@ -1,7 +1,8 @@
-"""Reading raw records from JSONL, JSON and parquet files, each tagged with where it came from."""
+"""Reading raw records from JSONL, JSON, parquet, CSV and TSV files, each tagged with where it came from."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Iterator
@@ -9,16 +10,18 @@ from typing import Iterator
 from ..errors import DataError
 from ..limits import MAX_EXPANSION, MAX_JSON_FILE_BYTES, MAX_LINE_CHARS, PARQUET_BATCH_ROWS, expansion_limit
 
-FORMATS = ("jsonl", "json", "parquet")
+FORMATS = ("jsonl", "json", "parquet", "csv", "tsv")
+SUFFIXES = ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".parquet", "parquet"),
+            (".csv", "csv"), (".tsv", "tsv"))
 
 
 def file_format(path: Path) -> str:
     """Guess the container format from the file name."""
     name = path.name.lower()
-    for suffix, fmt in ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".parquet", "parquet")):
+    for suffix, fmt in SUFFIXES:
         if name.endswith(suffix):
             return fmt
-    raise DataError(f"{path}: unknown file type; use a .jsonl, .json or .parquet file")
+    raise DataError(f"{path}: unknown file type; use a .jsonl, .json, .parquet, .csv or .tsv file")
 
 
 def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:
@@ -32,15 +35,20 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:
     if path.is_dir():
         raise DataError(f"{path}: is a directory; pass a .jsonl, .json or .parquet file or a named source")
     if not path.is_file():
-        raise DataError(f"{path}: no such file; pass an existing .jsonl, .json or .parquet file or a named source")
+        raise DataError(f"{path}: no such file; pass an existing .jsonl, .json, .parquet, .csv or .tsv file "
+                        f"or a named source")
     fmt = file_format(path)
     try:
         if fmt == "jsonl":
             yield from _read_jsonl(path)
         elif fmt == "json":
             yield from _read_json(path)
+        elif fmt in ("csv", "tsv"):
+            yield from _read_delimited(path, "," if fmt == "csv" else "\t")
         else:
             yield from _read_parquet(path)
+    except UnicodeDecodeError as err:  # CSV/TSV are decoded as they are read
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start} of a read block); save the file as UTF-8") from None
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror}); check its permissions") from None
 
@@ -110,6 +118,26 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict]]:
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
         yield where, record
+
+
+def _read_delimited(path: Path, delimiter: str) -> Iterator[tuple[str, dict]]:
+    # The first row names the columns; every value is a string (empty cells are "").
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter)
+        try:
+            if not reader.fieldnames:
+                return
+            for record in reader:
+                if None in record:  # more cells than header names
+                    raise DataError(f"{path}:{reader.line_num}: {len(record[None]) + len(reader.fieldnames)} cells "
+                                    f"but the header names {len(reader.fieldnames)} columns; quote cells that "
+                                    f"contain the delimiter")
+                if not any((value or "").strip() for value in record.values()):
+                    continue
+                yield f"{path}:{reader.line_num}", {k: (v if v is not None else "") for k, v in record.items()}
+        except csv.Error as err:
+            kind = "CSV" if delimiter == "," else "TSV"
+            raise DataError(f"{path}:{reader.line_num}: malformed {kind} ({err})") from None
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:

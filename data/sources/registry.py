@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import DataError
 from . import oasst1, roleplay, tweetsumm
 from .base import SourceData
+from .hub_dataset import load_hub_dataset, looks_like_repo_id
 from .local_files import load_local
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
@@ -21,7 +22,7 @@ SAMPLE_FILES = {
 SAMPLE_NAMES = NAMED_SOURCES + tuple(SAMPLE_FILES)
 # Options each source accepts besides the common ones of data.prepare.
 SOURCE_OPTIONS = {"roleplay": {"revision"}, "tweetsumm": {"revision", "max_files"}, "oasst1": {"revision", "lang"},
-                  "local": {"shape"}}
+                  "local": {"shape", "columns"}, "hub": {"shape", "columns", "split", "subset", "revision"}}
 
 
 def _fetch(repo_id: str, filename: str, revision: str | None, required: bool = True) -> Path | None:
@@ -56,7 +57,7 @@ def _load_named(kind: str, fetch, options: dict, name: str) -> SourceData:
 
 
 def _check_options(kind: str, options: dict) -> None:
-    allowed = SOURCE_OPTIONS.get(kind if kind in NAMED_SOURCES else "local", set())
+    allowed = SOURCE_OPTIONS.get(kind if kind in SOURCE_OPTIONS else "local", set())
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise DataError(f"source '{kind}' does not take option(s) {unknown}; it accepts {sorted(allowed) or 'none'}")
@@ -64,8 +65,11 @@ def _check_options(kind: str, options: dict) -> None:
 
 def load_source(source: str | Path, **options) -> SourceData:
     """Parse ``source``: ``roleplay``/``tweetsumm``/``oasst1`` (from the hub), ``samples/<name>``
-    (bundled, offline) or a path to a local JSONL/JSON/parquet file."""
+    (bundled, offline), a local JSONL/JSON/parquet/CSV/TSV file, or any hub dataset repo ``owner/name``
+    (options ``split``, ``subset``, ``revision``). ``shape`` forces a record shape and ``columns``
+    (``prompt=question,completion=answer``) renames columns first, for files and hub repos."""
     text = str(source)
+    options = {k: v for k, v in options.items() if v is not None}
     if text in NAMED_SOURCES:
         _check_options(text, options)
         repo = {"roleplay": roleplay.REPO_ID, "tweetsumm": tweetsumm.REPO_ID, "oasst1": oasst1.REPO_ID}[text]
@@ -83,14 +87,19 @@ def load_source(source: str | Path, **options) -> SourceData:
             return _load_named(sample, local, options, text)
         if sample in SAMPLE_FILES:
             _check_options("local", options)
-            return load_local(SAMPLES_DIR / SAMPLE_FILES[sample], shape=options.get("shape"), name=text)
+            return load_local(SAMPLES_DIR / SAMPLE_FILES[sample], shape=options.get("shape"),
+                              columns=options.get("columns"), name=text)
         raise DataError(f"unknown bundled sample {text!r}; use one of {['samples/' + s for s in SAMPLE_NAMES]}")
     path = Path(text).expanduser()
+    if not path.exists() and looks_like_repo_id(text) and not text.startswith("samples/"):
+        _check_options("hub", options)
+        return load_hub_dataset(text, **options)
     if not path.exists():
         raise DataError(f"unknown data source {text!r}: not a named source {list(NAMED_SOURCES)}, "
-                        f"not a bundled sample {['samples/' + s for s in SAMPLE_NAMES]}, and no such file")
+                        f"not a bundled sample {['samples/' + s for s in SAMPLE_NAMES]}, no such file, "
+                        f"and not a hub dataset id (owner/name)")
     _check_options("local", options)
-    return load_local(path, shape=options.get("shape"))
+    return load_local(path, shape=options.get("shape"), columns=options.get("columns"))
 
 
 def _missing(path: Path):

@@ -46,7 +46,9 @@ MALFORMED = {
     "json-scalar": ("d.json", b"42", ["d.json", "expected a JSON list"]),
     "parquet-garbage": ("d.parquet", b"PAR1" + os.urandom(256) + b"PAR1", ["d.parquet", "not a readable parquet"]),
     "parquet-empty": ("d.parquet", b"", ["d.parquet", "not a readable parquet"]),
-    "csv-unsupported": ("d.csv", b"prompt,completion\na,b\n", ["d.csv", "unknown file type"]),
+    "csv-not-utf8": ("d.csv", b"prompt,completion\na,\xff\xfe\n", ["d.csv", "UTF-8"]),
+    "csv-huge-cell": ("d.csv", b"prompt,completion\na," + b"x" * 200_000 + b"\n", ["d.csv", "malformed CSV"]),
+    "unknown-suffix": ("d.txt", b"prompt,completion\na,b\n", ["d.txt", "unknown file type"]),
 }
 
 

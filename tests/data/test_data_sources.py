@@ -98,7 +98,8 @@ def test_local_shapes_are_detected(tmp_path):
                                   {"instruction": "Say hi", "input": "", "output": "hi"}]))
     data = load_local(alpaca)
     assert data.kind == "alpaca"
-    assert data.train[0].messages == (Message("system", "Sum"), Message("user", "1+1"), Message("assistant", "2"))
+    # instruction + input is the user turn (TRL's and axolotl's reading), never a system turn
+    assert data.train[0].messages == (Message("user", "Sum\n\n1+1"), Message("assistant", "2"))
     assert data.train[1].messages == (Message("user", "Say hi"), Message("assistant", "hi"))
     text = load_local(write_jsonl(tmp_path / "t.jsonl", [{"text": "plain words"}]))
     assert text.kind == "text" and text.train[0].text == "plain words"

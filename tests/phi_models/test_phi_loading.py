@@ -256,6 +256,7 @@ def test_unreachable_hub_is_tried_once_then_cache_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hub, "hf_hub_download", unreachable)
     monkeypatch.setattr(hub, "_hub_unreachable_until", float("-inf"))
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)  # the host answers, the download still fails
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(HubError, match="the hub could not be reached"):
         phi_models.load_tokenizer("phi-2")
@@ -279,6 +280,7 @@ def test_unreachable_hub_window_expires(monkeypatch):
     monkeypatch.setattr(hub, "hf_hub_download", unreachable)
     monkeypatch.setattr(hub, "_clock", lambda: now[0])
     monkeypatch.setattr(hub, "_hub_unreachable_until", float("-inf"))
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
     def fetch_at(t):

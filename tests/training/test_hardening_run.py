@@ -174,7 +174,7 @@ ALIAS_BOMB = b"a: &a [x, x, x, x, x, x, x, x, x]\n" + b"".join(
     for i in range(8)) + b"lora_r: *i\n"
 
 CONFIG_FILES = {
-    "yaml-alias-bomb": ("c.yaml", ALIAS_BOMB, "aliases"),
+    "yaml-alias-bomb": ("c.yaml", ALIAS_BOMB, "alias bomb"),
     "yaml-deep-nesting": ("c.yaml", b"lora_r: " + b"[" * 50_000 + b"]" * 50_000 + b"\n", "c.yaml"),
     "yaml-duplicate-key": ("c.yaml", b"lora_r: 8\nlr: 0.1\nlora_r: 64\n", "appears twice"),
     "yaml-two-spellings": ("c.yaml", b"lora_r: 8\nlora-r: 64\n", "given twice"),
@@ -208,6 +208,6 @@ def test_config_directory_given_as_file(tmp_path):
 
 
 def test_plain_config_file_still_reads(tmp_path):
-    path = _config(tmp_path, "c.yaml", b"lora-r: 8\nlr: 0.001\npacking: false\n")
+    path = _config(tmp_path, "c.yaml", b"lora-r: &rank 8\nlr: 0.001\npacking: false\nbatch_size: *rank\n")
     cfg = parse_config(["--config", path, "--model", "tiny", "--data", "samples/roleplay"])
-    assert (cfg.lora_r, cfg.lr, cfg.packing) == (8, 0.001, False)
+    assert (cfg.lora_r, cfg.lr, cfg.packing, cfg.batch_size) == (8, 0.001, False, 8)  # a small alias is fine
