@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from .arguments import require_examples, require_int
 from .errors import DataError
 from .tokenize import IGNORE_INDEX, Example
 
@@ -113,6 +114,10 @@ def make_batches(examples: Sequence[Example], *, batch_size: int, max_seq_len: i
     different tail each epoch. ``drop_uneven=False`` keeps everything (counts then differ by
     up to one), for loops with no per-batch collective such as evaluation.
     """
+    require_examples(examples)
+    for name, value in (("batch_size", batch_size), ("max_seq_len", max_seq_len), ("pad_id", pad_id),
+                        ("pad_to_multiple", pad_to_multiple)):
+        require_int(name, value, 0)
     if batch_size < 1 or max_seq_len < 1:
         raise DataError(f"batch_size ({batch_size}) and max_seq_len ({max_seq_len}) must be at least 1")
     if world_size < 1 or not 0 <= rank < world_size:

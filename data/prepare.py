@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from .arguments import require_fraction, require_int, require_tokenizer
 from .conversation import Conversation
 from .errors import DataError
 from .report import DatasetReport
@@ -77,6 +78,11 @@ def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int 
     if isinstance(tokenizer, str):
         from phi_models import load_tokenizer
         tokenizer = load_tokenizer(tokenizer)
+    require_tokenizer(tokenizer)
+    require_int("max_seq_len", max_seq_len, 2)
+    require_fraction("val_fraction", val_fraction)
+    if limit is not None:
+        require_int("limit", limit, 1)
     if max_seq_len < 2:
         raise DataError(f"max_seq_len={max_seq_len} is too small; use at least 2")
     if limit is not None and limit < 1:

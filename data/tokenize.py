@@ -6,6 +6,7 @@ import bisect
 from dataclasses import dataclass
 
 from .errors import DataError
+from .limits import text_char_budget
 
 IGNORE_INDEX = -100
 
@@ -36,7 +37,7 @@ class TokenizeResult:
 
     example: Example | None
     truncated: bool
-    num_tokens: int  # before truncation, the final EOS included
+    num_tokens: int  # before truncation, the final EOS included (of the budgeted text for a huge record)
 
 
 def _rendered(segments) -> tuple[str, list[int], list[bool]]:
@@ -112,7 +113,9 @@ def tokenize_segments(segments, tokenizer, *, max_seq_len: int, train_on_prompt:
 def tokenize_many(segment_lists, tokenizer, *, max_seq_len: int, train_on_prompt: bool = False) -> list[TokenizeResult]:
     """:func:`tokenize_segments` for many examples: one string per example, all encoded in one batch call."""
     rendered = [_rendered(segments) for segments in segment_lists]
-    encodings = _encode_with_offsets(tokenizer, [text for text, _, _ in rendered])
+    _encode_with_offsets(tokenizer, [])  # the backend check, before the budget reads its vocabulary
+    budget = text_char_budget(tokenizer, max_seq_len)  # a 50 MB record is cut before tokenizing, not after
+    encodings = _encode_with_offsets(tokenizer, [text[:budget] for text, _, _ in rendered])
     return [_build(encoding.ids, _token_flags(encoding.offsets, starts, flags), tokenizer.eos_token_id,
                    max_seq_len, train_on_prompt)
             for encoding, (_, starts, flags) in zip(encodings, rendered)]

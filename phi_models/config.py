@@ -10,13 +10,14 @@ older files use top-level ``rope_theta`` / ``partial_rotary_factor`` and a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_checks import check_config_values
 from .errors import PhiModelError
+from .json_files import read_json
 
 ARCHITECTURES = ("phi", "phi3")
 SLIDING_WINDOW_MODES = ("w+1", "w")
@@ -68,6 +69,7 @@ class PhiConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        check_config_values(self)  # types and ranges first: the checks below divide by these
         if self.model_type not in ARCHITECTURES:
             raise PhiModelError(
                 f"unknown model_type '{self.model_type}': phi_models supports {', '.join(ARCHITECTURES)} "
@@ -184,20 +186,18 @@ class PhiConfig:
             if str(err).startswith(source):
                 raise
             raise PhiModelError(f"{source}: {err}") from None
-        except (TypeError, KeyError) as err:
-            raise PhiModelError(f"{source}: malformed config ({err})") from None
+        except KeyError as err:
+            raise PhiModelError(f"{source}: malformed config (missing key {err})") from None
+        except (TypeError, ValueError, OverflowError, ZeroDivisionError) as err:
+            raise PhiModelError(f"{source}: malformed config ({str(err)[:200]})") from None
 
     @classmethod
     def from_file(cls, path: str | Path) -> "PhiConfig":
         """Read a config.json file."""
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PhiModelError(f"{path}: config.json not found; a model directory needs config.json") from None
-        except json.JSONDecodeError as err:
-            raise PhiModelError(f"{path}: not valid JSON ({err})") from None
-        return cls.from_dict(raw, source=str(path))
+        if not path.exists():
+            raise PhiModelError(f"{path}: config.json not found; a model directory needs config.json")
+        return cls.from_dict(read_json(path, "config.json"), source=str(path))
 
 
 _OWN_FIELDS = {f.name for f in dataclasses.fields(PhiConfig)} - {"extra"}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import json
 from pathlib import Path
 
 import torch
@@ -19,7 +18,10 @@ from safetensors import safe_open
 from torch import nn
 
 from .config import PhiConfig
+from .devices import check_device
 from .errors import PhiModelError
+from .json_files import read_json
+from .shard_paths import check_shard_name
 from .keymap import QKV_SLOTS, map_key
 from .model import PhiForCausalLM
 from .presets import TINY_SEED, tiny_config
@@ -93,7 +95,7 @@ def from_pretrained(
     overrides the config's 'w+1' (default) / 'w' window definition.
     """
     check_quant_type(quantize)
-    device = torch.device(device)
+    device = check_device(device)
     source = resolve_source(name_or_path, revision)
     if source.kind == "tiny":
         config = tiny_config()
@@ -136,12 +138,13 @@ def checkpoint_shards(source: ModelSource) -> list[Path]:
                 f"(phi_models reads safetensors checkpoints only)"
             )
         return [single]
-    try:
-        weight_map = json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise PhiModelError(f"{index}: not a valid shard index ({err})") from None
+    raw = read_json(index, "shard index")
+    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise PhiModelError(f"{index}: not a valid shard index (expected a 'weight_map' of tensor name -> file name)")
     shards = []
     for filename in dict.fromkeys(weight_map.values()):
+        check_shard_name(filename, index)
         path = source.file(filename, required=False)
         if path is None:
             raise PhiModelError(
@@ -167,6 +170,7 @@ def _row_reader(parts: list[torch.Tensor], dtype: torch.dtype):
 
     return read_rows
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_SAFETENSORS_FLOATS = ("F32", "F16", "BF16", "F64")
 
 
 class _Filler:
@@ -211,6 +215,11 @@ class _Filler:
         if shape != want:
             raise PhiModelError(
                 f"{shard}: tensor '{key}' has shape {list(shape)} but config.json implies {list(want)}"
+            )
+        if stored.get_dtype() not in _SAFETENSORS_FLOATS:
+            raise PhiModelError(
+                f"{shard}: tensor '{key}' is stored as {stored.get_dtype()}; model weights must be floating point "
+                f"({', '.join(_SAFETENSORS_FLOATS)}), an integer tensor would be cast to meaningless weights"
             )
         if target.slot is None and name not in self.quantized_weights:
             self.place(name, self.read_dense(handle, key, stored, shape))

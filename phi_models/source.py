@@ -27,6 +27,8 @@ class ModelSource:
             path = self.directory / filename
             if path.is_file():
                 return path
+            if path.is_dir():
+                raise PhiModelError(f"{path}: is a directory where the model's file {filename} is expected")
             if required:
                 raise PhiModelError(f"{path}: file not found in model directory {self.directory}")
             return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -10,6 +9,7 @@ from tokenizers import Tokenizer
 
 from .chat_format import CHAT_FORMATS, Segment, render_chat
 from .errors import PhiModelError
+from .json_files import read_json
 from .hub import HubFileMissing
 from .presets import PRESET_CHAT_FORMATS, tiny_tokenizer_path
 from .shipped_template import SPECIAL_TOKEN_NAMES, ShippedTemplate, find_shipped_template, render_shipped
@@ -121,15 +121,27 @@ def _token_text(value: Any) -> str | None:
 def _read_json(path: Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise PhiModelError(f"{path}: not valid JSON ({err})") from None
+    data = read_json(path, "tokenizer/model settings file")
     return data if isinstance(data, dict) else {}
 
 
+def _token_ids(value: Any, where: str) -> list[int]:
+    """An id or a list of ids from a settings file; anything else is an error naming the field."""
+    ids = value if isinstance(value, list) else [] if value is None else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 1 << 31 for i in ids):
+        raise PhiModelError(f"{where}: expected a token id or a list of token ids, got {value!r:.60}")
+    return ids
+
+
 def _read_text(path: Path | None) -> str | None:
-    return None if path is None else path.read_text(encoding="utf-8")
+    if path is None:
+        return None
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PhiModelError(f"{path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None
+    except OSError as err:
+        raise PhiModelError(f"{path}: cannot be read ({err.strerror})") from None
 
 
 def _detect_chat_format(backend: Tokenizer, template: str | None) -> str | None:
@@ -184,14 +196,13 @@ def load_tokenizer(name_or_path: str | Path, revision: str | None = None, chat_f
     def special(name: str) -> str | None:
         token = _token_text(tok_config.get(name)) or _token_text(special_map.get(name))
         if token is None and model_config.get(f"{name}_id") is not None:
-            ids = model_config[f"{name}_id"]
-            token = backend.id_to_token(ids[0] if isinstance(ids, list) else ids)
+            ids = _token_ids(model_config[f"{name}_id"], f"{source.name} config.json {name}_id")
+            token = backend.id_to_token(ids[0]) if ids else None
         return token
 
     extra_stops: list[int] = []
-    for key_source in (gen_config, model_config):
-        ids = key_source.get("eos_token_id")
-        extra_stops += ids if isinstance(ids, list) else ([ids] if ids is not None else [])
+    for file, key_source in (("generation_config.json", gen_config), ("config.json", model_config)):
+        extra_stops += _token_ids(key_source.get("eos_token_id"), f"{source.name} {file} eos_token_id")
 
     if chat_format is _AUTO:
         if source.preset is not None:

@@ -13,6 +13,7 @@ step is missing is renamed back) by the next save or ``--resume``. The newest ``
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ import torch
 
 from lora_core import fsync_dir
 from training.errors import TrainingError
+from training.oserrors import disk_full_is_oserror
+from training.validate_state import check_payload
 
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "training_state.pt"
@@ -122,8 +125,12 @@ def save_checkpoint(output_dir: str | os.PathLike, *, model: torch.nn.Module, op
         "rng": rng,
     }
     try:
-        save_adapter(model, tmp / ADAPTER_FILE, config=adapter_config)  # each file fsynced by atomic_write
-        atomic_write(tmp / STATE_FILE, lambda path: torch.save(payload, path))
+        with disk_full_is_oserror(tmp / ADAPTER_FILE):
+            save_adapter(model, tmp / ADAPTER_FILE, config=adapter_config)  # each file fsynced by atomic_write
+        # Serialized in memory, written as plain bytes: a full disk is then an OSError, not torch's opaque one.
+        state_bytes = io.BytesIO()
+        torch.save(payload, state_bytes)
+        atomic_write(tmp / STATE_FILE, lambda path: Path(path).write_bytes(state_bytes.getbuffer()))
         fsync_dir(tmp)
         # The same step saved again (e.g. interrupted right after a save): never delete the old copy
         # before the new one is in place, or a kill in between would leave no checkpoint of this step.
@@ -171,9 +178,10 @@ def load_training_state(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which one
-        raise TrainingError(f"{file}: cannot be read as a training state ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+        raise TrainingError(f"{file}: cannot be read as a training state ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise TrainingError(f"{file}: not a philora training state (format {STATE_FORMAT} expected)")
+    check_payload(payload, file)  # counters and parts; check_against_run checks the rest against the run
     return payload
 
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
+import reprlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from training.config_file import read_options_file
 from training.errors import TrainingError
+from training.limits import check_option_bounds
 from training.guidance import OneLineArgumentParser, did_you_mean
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -215,7 +216,7 @@ def coerce(name: str, value: Any, *, source: str) -> Any:
                 raise ValueError
             out = str(value)
     except (TypeError, ValueError):
-        raise TrainingError(f"{where}: expected {kind.__name__}, got {value!r}") from None
+        raise TrainingError(f"{where}: expected {kind.__name__}, got {reprlib.repr(value)}") from None
     if choices and out not in choices:
         raise TrainingError(f"{where}: {out!r} is not one of {', '.join(choices)}{did_you_mean(out, choices)}")
     return out
@@ -223,20 +224,14 @@ def coerce(name: str, value: Any, *, source: str) -> Any:
 
 def read_config_file(path: str) -> dict[str, Any]:
     """Options from a YAML or JSON file, validated against TrainConfig (unknown keys are an error)."""
-    p = Path(path)
-    if not p.is_file():
-        raise TrainingError(f"--config {path}: no such file")
-    text = p.read_text(encoding="utf-8")
-    try:
-        raw = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise TrainingError(f"--config {path}: not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}: {str(err).splitlines()[0]}") from None
+    raw = read_options_file(path)
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise TrainingError(f"--config {path}: expected a mapping of option names to values, got {type(raw).__name__}")
     out: dict[str, Any] = {}
     unknown = []
+    spelled: dict[str, str] = {}
     for key, value in raw.items():
         if key == RESOLVED_KEY:  # a run's train_config.yaml: what the run resolved, not options
             continue
@@ -244,6 +239,10 @@ def read_config_file(path: str) -> dict[str, Any]:
         if name not in FIELDS:
             unknown.append(str(key))
             continue
+        if name in spelled:
+            raise TrainingError(f"--config {path}: option {flag_name(name)} is given twice ({spelled[name]!r} and "
+                                f"{str(key)!r}); keep one")
+        spelled[name] = str(key)
         out[name] = coerce(name, value, source=f"config file {path}")
     if unknown:
         hints = "".join(did_you_mean(key.lstrip("-").replace("-", "_"), FIELDS, quote=True) for key in sorted(unknown))
@@ -305,6 +304,7 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f"--max-grad-norm must be >= 0, got {cfg.max_grad_norm}")
     if cfg.limit is not None and cfg.limit < 1:
         raise TrainingError(f"--limit must be >= 1, got {cfg.limit}")
+    check_option_bounds(cfg)
     if cfg.eval_generate and cfg.train_on_prompt:
         raise TrainingError("--eval-generate needs masked prompts to generate from, and --train-on-prompt makes every "
                             "token a target; drop one of them (philora eval RUN can still generate afterwards)")

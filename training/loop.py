@@ -15,6 +15,7 @@ import torch
 
 from training.checkpoint import TrainingState, save_checkpoint
 from training.errors import TrainingError
+from training.finite import stop_if_weights_non_finite
 from training.loss import chunked_lm_loss, count_targets
 from training.precision import Precision
 from training.progress import MetricsLog, ProgressBar, peak_memory_mb
@@ -188,6 +189,7 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
                 raise TrainingError(f"training loss became {loss} at step {state.step + 1}; stopped before updating the weights "
                                     f"({where}); try a lower --lr, --precision fp32 or bf16, or check the data")
             grad_norm = optimizer_step(params, optimizer, scaler, settings.max_grad_norm)
+            stop_if_weights_non_finite(model, state.step + 1, last_checkpoint)
             schedule.step()
             state.step += 1
             state.batch_index += len(window)

@@ -53,12 +53,14 @@ class MetricsLog:
         from lora_core import atomic_write
 
         kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
+        # Lines that are not our records (cut short by a kill, damaged, not UTF-8) are dropped.
+        for line in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
                 record = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
+            except (ValueError, RecursionError):
                 continue
-            if record.get("step", 0) <= step:
+            at = record.get("step") if isinstance(record, dict) else None
+            if isinstance(at, int) and not isinstance(at, bool) and at <= step:
                 kept.append(line)
         text = "".join(line + "\n" for line in kept)
         atomic_write(self.path, lambda p: Path(p).write_text(text, encoding="utf-8"))

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from phi_models import HubError, PhiModelError
 from training.checkpoint import (
     ADAPTER_FILE,
     CHECKPOINT_DIR,
+    STATE_FILE,
     TrainingState,
     list_checkpoints,
     load_training_state,
@@ -27,15 +27,20 @@ from training.checkpoint import (
 from training.config import TrainConfig, dump_config, flag_name, parse_config
 from training.distributed import Distributed, open_distributed
 from training.errors import TrainingError
+from training.finite import check_finite_lora
 from training.guidance import empty_reply_note, session_summary, small_data_note
+from training.limits import check_against_model
 from training.targets_check import check_targets, meta_model
 from training.loop import LoopSettings, fit
 from training.optim import build_optimizer
 from training.precision import Precision, base_dtype, resolve_device, resolve_precision
+from training.oserrors import describe_os_error, disk_full_is_oserror
 from training.progress import METRICS_FILE, peak_memory_mb
+from training.rundir import acquire_run_lock, clear_run, make_output_dir, release_run_locks, write_marker
 from training.rng import seed_everything, set_rng_state
 from training.schedule import LRSchedule, warmup_steps_for
 from training.signals import Terminated, sigterm_exits
+from training.validate_state import check_against_run
 
 CONFIG_FILE = "train_config.yaml"
 FINAL_ADAPTER = "adapter.safetensors"
@@ -107,18 +112,17 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
     if out.exists() and not out.is_dir():
         raise TrainingError(f"--output-dir {out}: exists and is not a directory")
     holds_run = out.is_dir() and (any((out / f).exists() for f in RUN_FILES) or (out / CHECKPOINT_DIR).exists())
+    make_output_dir(out)
+    acquire_run_lock(out)  # before anything in it is changed (a run using it is named first); main() releases it
+    if holds_run and not cfg.resume and not cfg.overwrite:
+        if not list_checkpoints(out):
+            raise TrainingError(f"--output-dir {out} holds a run with no complete checkpoint (it stopped before "
+                                f"its first save): pass --overwrite to start it afresh, or another --output-dir")
+        raise TrainingError(f"--output-dir {out} already holds a run: pass --resume latest to continue it, "
+                            f"--overwrite to start afresh there, or another --output-dir")
     if holds_run and not cfg.resume:
-        if not cfg.overwrite:
-            if not list_checkpoints(out):
-                raise TrainingError(f"--output-dir {out} holds a run with no complete checkpoint (it stopped before "
-                                    f"its first save): pass --overwrite to start it afresh, or another --output-dir")
-            raise TrainingError(f"--output-dir {out} already holds a run: pass --resume latest to continue it, "
-                                f"--overwrite to start afresh there, or another --output-dir")
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
-        shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+        clear_run(out, RUN_FILES, CHECKPOINT_DIR)
+    write_marker(out)
     return out
 
 
@@ -228,6 +232,7 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
         check_targets(resolve_targets(cfg, None), meta_model(cfg.model, cfg.revision))
     seed_everything(cfg.seed)
     tokenizer, prepared, model = load_model_and_data(cfg, device, precision)
+    check_against_model(cfg, model.config)  # positions and width; before LoRA and any training
     say(str(prepared.report))
     targets, adapter_config = add_lora(cfg, model)
     if payload is not None:  # --targets given or not, what counts is the resolved list
@@ -255,6 +260,10 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
     scaler = precision.make_scaler()
     state = TrainingState()
     if resume_from is not None:
+        if not dist.fsdp:  # not yet under FSDP: its LoRA params and moments are sharded DTensors
+            position_epoch = payload["epoch"]
+            check_against_run(payload, resume_from / STATE_FILE, optimizer=optimizer, scaler=scaler,
+                              batches_in_epoch=len(first_epoch if position_epoch == 0 else epoch_batches(position_epoch)))
         state = restore(resume_from, payload, model, optimizer, schedule, scaler, dist=dist, seed=cfg.seed)
         say(f"resuming from {resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_index})")
         extended = schedule.extend_to(total_steps)  # more --max-steps/--epochs than the checkpoint planned
@@ -310,7 +319,8 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
     adapter_path = out / FINAL_ADAPTER
     with dist.gathered_lora(model) as writes:  # FSDP: the shards joined; only rank 0 writes
         if writes:
-            lora_core.save_adapter(model, adapter_path, config=adapter_config)
+            with disk_full_is_oserror(adapter_path):
+                lora_core.save_adapter(model, adapter_path, config=adapter_config)
             from training.run_record import write_run_peft_copy
             write_run_peft_copy(model, out, record, say)
     dist.barrier()
@@ -335,6 +345,8 @@ def restore(checkpoint: Path, payload: dict, model, optimizer, schedule, scaler,
     """
     dist = dist or Distributed()
     dist.load_adapter(model, checkpoint / ADAPTER_FILE)  # strict: same targets and rank, or fail loudly
+    if not dist.fsdp:  # sharded DTensors under FSDP: not checked there yet
+        check_finite_lora(model, f"{checkpoint / ADAPTER_FILE}")
     optimizer.load_state_dict(dist.optimizer_state_to_load(payload["optimizer"], optimizer))
     schedule.load_state_dict(payload["schedule"])
     if scaler is not None and payload["scaler"] is not None:
@@ -409,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     except errors as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except OSError as err:  # a full disk, an unwritable or unreadable path: say which, no traceback
+        print(f"error: {describe_os_error(err)}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one while stopping
         print("interrupted", file=sys.stderr, flush=True)
         return 130
@@ -416,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         print("terminated by SIGTERM outside the training steps (while loading or finishing); "
               "checkpoints already written are complete", file=sys.stderr, flush=True)
         return stop.code
+    finally:
+        release_run_locks()
 
 
 if __name__ == "__main__":  # `python -m training.run ...` is `python train.py ...`
