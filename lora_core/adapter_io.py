@@ -82,13 +82,18 @@ def read_adapter(path: PathLike) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any
         except json.JSONDecodeError as err:
             raise LoRAError(f"adapter file {path}: metadata {CONFIG_KEY!r} is not valid JSON: {err}") from None
         return tensors, config
+    return load_torch_tensors(path, f"adapter file {path}", "neither safetensors nor a weights-only torch file"), {}
+
+
+def load_torch_tensors(path, label: str, not_readable: str = "not a weights-only torch file") -> dict:
+    """A dict of tensors from a torch file, unpickled with ``weights_only=True`` and checked; else a LoRAError."""
     try:
         tensors = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise LoRAError(f"adapter file {path} is neither safetensors nor a weights-only torch file: {err}") from None
+        raise LoRAError(f"{label} is {not_readable}: {err}") from None
     if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
-        raise LoRAError(f"adapter file {path} does not hold a dict of tensors")
-    return tensors, {}
+        raise LoRAError(f"{label} does not hold a dict of tensors")
+    return tensors
 
 
 def check_finite(tensors: Dict[str, torch.Tensor], source: str) -> None:

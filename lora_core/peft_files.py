@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .adapter_io import check_finite
+from .adapter_io import check_finite, load_torch_tensors
 from .atomic import PathLike, atomic_write
 from .errors import LoRAError
 from .inject import pattern_value
@@ -110,12 +110,7 @@ def read_peft_dir(path: PathLike) -> Tuple[Dict[str, Any], Dict[str, torch.Tenso
         except Exception as err:  # safetensors raises its own error types for corrupt files
             raise LoRAError(f"{weights} is not a readable safetensors file: {err}") from None
     elif os.path.isfile(legacy):
-        try:
-            tensors = torch.load(legacy, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise LoRAError(f"{legacy} is not a weights-only torch file: {err}") from None
-        if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
-            raise LoRAError(f"{legacy} does not hold a dict of tensors")
+        tensors = load_torch_tensors(legacy, legacy)
     else:
         raise LoRAError(f"{folder} has no {WEIGHTS_FILE} (nor {LEGACY_WEIGHTS_FILE})")
     if not tensors:
