@@ -11,8 +11,10 @@ import sys
 
 def _terminated_while_starting(signum, frame):
     # Importing torch and the packages takes seconds; SIGTERM then would otherwise kill silently.
+    # Exit at once rather than raise: an exception raised inside a library's import can be swallowed
+    # there (the run then went on training) or leave it half imported. Nothing is written before main().
     os.write(2, b"terminated by SIGTERM while starting; nothing to save\n")
-    raise SystemExit(143)
+    os._exit(143)
 
 
 if __name__ == "__main__":
