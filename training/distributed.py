@@ -113,6 +113,14 @@ class Distributed:
         sigint, sigterm, time_up = (bool(v) for v in flags.tolist())
         return ("SIGTERM" if sigterm else "SIGINT" if sigint else None), time_up
 
+    def any_rank(self, flag: bool) -> bool:
+        """True when ``flag`` is true on any rank (a collective: every rank must call it)."""
+        if not self.active:
+            return flag
+        value = self._tensor([flag])
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return bool(value.item())
+
     # ---- the model ------------------------------------------------------------------------
 
     def prepare_model(self, model: nn.Module, *, seed: int, precision: str = "fp32") -> nn.Module:

@@ -152,8 +152,11 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
                                 keep_last=settings.keep_last, run_config=settings.run_config)
         return str(path)
 
+    # Under torchrun a rank's validation shard can be empty while another's is not: all ranks must evaluate.
+    has_val = parallel.any_rank(bool(val_batches)) if parallel else bool(val_batches)
+
     def run_eval() -> dict | None:
-        if not val_batches:
+        if not has_val:
             return None  # no validation split (--val-fraction 0 and none in the source)
         result = run_evaluate(model, val_batches, precision=precision, chunk=settings.loss_chunk,
                               max_batches=settings.eval_batches)
