@@ -2,7 +2,7 @@
 15 minutes on 2 cores) runs our merged GGUF and our base GGUF + gguf-lora adapter; we compare its greedy
 tokens and prompt logits with philora's own model.
 
-    pip install llama-cpp-python          # builds llama.cpp
+    pip install llama-cpp-python diskcache   # builds llama.cpp (its Python package also imports diskcache)
     PYTHONPATH=. python bench/gguf_end_to_end.py --run RUN_DIR [--dtype f32] [--tokens 24]
 
 Prints the largest |logit difference| over the prompt's last position and whether the greedy tokens agree.
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        print("pip install llama-cpp-python first (it compiles llama.cpp)", file=sys.stderr)
+        print("pip install llama-cpp-python diskcache first (it compiles llama.cpp)", file=sys.stderr)
         return 2
     import phi_models
     from deploy.export_formats import base_config, load_dense, tokenizer_dir
