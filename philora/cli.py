@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("philora.commands.generate", "answer a prompt (streamed) or a JSONL file of prompts (batched)"),
     "chat": ("philora.commands.chat", "chat in the terminal in the run's template, with history and a persona"),
     "serve": ("philora.commands.serve", "OpenAI-compatible HTTP server: many adapters on one base, batched"),
-    "export": ("philora.commands.export", "write a run's adapter in PEFT's format (transformers + peft, vLLM)"),
+    "export": ("philora.commands.export", "write a run's adapter as PEFT, GGUF (llama.cpp), an Ollama folder, or the vLLM command"),
     "merge": ("philora.commands.merge", "fold a run's adapter into its base and write a Hugging Face checkpoint"),
     "check": ("philora.commands.check", "list what peft / vLLM / llama.cpp / Ollama would refuse in a run's adapter"),
     "push": ("philora.commands.push", "upload a run's PEFT adapter (or merged model) to the Hugging Face Hub"),
