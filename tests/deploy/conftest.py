@@ -117,3 +117,20 @@ def realcase(folder: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} is absent (real tokenizer files live outside the repository)")
     return path
+
+
+def model_with_random_lora(hf_dir, targets, *, r: int, alpha: float, seed: int, scale: float, use_rslora=False):
+    """Our model of the HF checkpoint with random (non-zero) LoRA factors on ``targets``, in eval mode."""
+    import torch
+
+    import lora_core
+    import phi_models
+
+    model = phi_models.from_pretrained(hf_dir)
+    lora_core.inject(model, targets, r=r, lora_alpha=alpha, use_rslora=use_rslora)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * scale)
+    return model.eval()

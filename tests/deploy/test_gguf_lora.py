@@ -18,7 +18,7 @@ import lora_core
 import phi_models
 from deploy import DeployError
 from deploy.gguf_lora import write_gguf_lora
-from tests.deploy.conftest import dequantized, read_gguf, run_converter, small_hf_model
+from tests.deploy.conftest import dequantized, model_with_random_lora, read_gguf, run_converter, small_hf_model
 
 pytest.importorskip("gguf")
 pytest.importorskip("peft")
@@ -28,14 +28,7 @@ R, ALPHA = 4, 8.0
 
 def ours_with_lora(hf_dir, targets, use_rslora=False, seed=1):
     """Our model from the HF checkpoint with random (non-zero) LoRA on ``targets``."""
-    model = phi_models.from_pretrained(hf_dir)
-    lora_core.inject(model, targets, r=R, lora_alpha=ALPHA, use_rslora=use_rslora)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.2)
-    return model.eval()
+    return model_with_random_lora(hf_dir, targets, r=R, alpha=ALPHA, seed=seed, scale=0.2, use_rslora=use_rslora)
 
 
 def peft_twin(hf_dir, ours, peft_targets, lora_config_extra, copy):

@@ -7,12 +7,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
-import torch
 
 import lora_core
 import phi_models
 from deploy.gguf_model import write_gguf_model
-from tests.deploy.conftest import read_gguf, realcase, run_converter, small_hf_model
+from tests.deploy.conftest import model_with_random_lora, read_gguf, realcase, run_converter, small_hf_model
 
 pytest.importorskip("gguf")
 
@@ -32,14 +31,7 @@ def checkpoint_with_tokenizer(tmp_path, kind: str, tokenizer_folder: str, vocab:
 
 def fine_tuned(hf_dir, targets):
     """Our model of the checkpoint with a random (non-zero) LoRA on ``targets``."""
-    model = phi_models.from_pretrained(hf_dir)
-    lora_core.inject(model, targets, r=4, lora_alpha=8)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-    return model.eval()
+    return model_with_random_lora(hf_dir, targets, r=4, alpha=8, seed=3, scale=0.1)
 
 
 def compare_with_converter(tmp_path, llama_cpp_dir, hf_dir, dtype, targets):
