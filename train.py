@@ -19,7 +19,7 @@ def _terminated_while_starting(signum, frame):
 
 if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _terminated_while_starting)
-    from training.run import main
+    from philora.training.run import main
 
     code = main()
     # Exiting already: a late SIGTERM (torchrun stopping the other ranks) must not raise in atexit callbacks.

@@ -27,10 +27,37 @@ RATE = re.compile(r"([\d,]+) tokens at ([\d,]+) tok/s")
 
 def train_args(out: Path, steps: int, accum: int, device: str) -> list[str]:
     """train.py options of one measurement."""
-    return ["--model", "tiny", "--data", "samples/roleplay", "--max-seq-len", "256", "--batch-size", "4",
-            "--grad-accum", str(accum), "--max-steps", str(steps), "--eval-every", "0", "--save-every", "0",
-            "--sample-tokens", "0", "--val-fraction", "0.02", "--lora-dropout", "0", "--device", device,
-            "--precision", "fp32", "--output-dir", str(out), "--overwrite"]
+    return [
+        "--model",
+        "tiny",
+        "--data",
+        "samples/roleplay",
+        "--max-seq-len",
+        "256",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        str(accum),
+        "--max-steps",
+        str(steps),
+        "--eval-every",
+        "0",
+        "--save-every",
+        "0",
+        "--sample-tokens",
+        "0",
+        "--val-fraction",
+        "0.02",
+        "--lora-dropout",
+        "0",
+        "--device",
+        device,
+        "--precision",
+        "fp32",
+        "--output-dir",
+        str(out),
+        "--overwrite",
+    ]
 
 
 def measure(command: list[str]) -> tuple[int, float]:
@@ -56,9 +83,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         single = [sys.executable, str(REPO / "train.py"), *train_args(Path(tmp) / "one", args.steps, n, args.device)]
         tokens_1, rate_1 = measure(single)
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
-                  str(REPO / "train.py"), *train_args(Path(tmp) / "many", args.steps, 1, args.device),
-                  *(["--fsdp"] if args.fsdp else [])]
+        launch = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            str(n),
+            str(REPO / "train.py"),
+            *train_args(Path(tmp) / "many", args.steps, 1, args.device),
+            *(["--fsdp"] if args.fsdp else []),
+        ]
         tokens_n, rate_n = measure(launch)
     mode = "FSDP2" if args.fsdp else "DDP"
     print(f"tiny, {args.steps} steps, global batch {4 * n} rows x 256 tokens, fp32, {args.device}")

@@ -135,7 +135,10 @@ def main() -> None:
             print(f"wrote {size / 2**20:.0f} MiB phi-2-width checkpoint, {args.layers} layers, "
                   f"in {time.perf_counter() - start:.1f}s")  # fmt: skip
         mib = lambda b: f"{b / 2**20:8.0f}"  # noqa: E731
-        print(f"{'mode':<16}{'load s':>8}{'model MiB':>11}{'after MiB':>11}{'peak anon':>11}{'peak rss':>10}{'peak/model':>12}")
+        print(
+            f"{'mode':<16}{'load s':>8}{'model MiB':>11}{'after MiB':>11}"
+            f"{'peak anon':>11}{'peak rss':>10}{'peak/model':>12}"
+        )
         for label, quantize in ((f"dense {args.dtype}", None), ("nf4", "nf4")):
             r = measure(directory, args.dtype, quantize)
             print(f"{label:<16}{r['seconds']:8.2f}{mib(r['model']):>11}{mib(r['after']):>11}"

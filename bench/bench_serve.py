@@ -24,8 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PHI2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "realcases" / "01_phi2_tokenizer" / "tokenizer.json"
-PROMPTS = ["Tell me about the sea.", "What is a good name for a cat?", "Write a short poem about rain.",
-           "How do bees make honey?", "Describe a sunset.", "What is the capital of France?"]
+PROMPTS = [
+    "Tell me about the sea.",
+    "What is a good name for a cat?",
+    "Write a short poem about rain.",
+    "How do bees make honey?",
+    "Describe a sunset.",
+    "What is the capital of France?",
+]
 
 
 def build_model(name: str):
@@ -42,9 +48,17 @@ def build_model(name: str):
     else:
         if PHI2_TOKENIZER.is_file():  # the real phi-2 tokenizer: generated ids decode to text as on phi-2
             tokenizer = phi_models.load_tokenizer(str(PHI2_TOKENIZER.parent))
-        config = phi_models.PhiConfig(model_type="phi", vocab_size=51200, hidden_size=2560, intermediate_size=10240,
-                                      num_hidden_layers=2, num_attention_heads=32, partial_rotary_factor=0.4,
-                                      max_position_embeddings=2048, hidden_act="gelu_new")
+        config = phi_models.PhiConfig(
+            model_type="phi",
+            vocab_size=51200,
+            hidden_size=2560,
+            intermediate_size=10240,
+            num_hidden_layers=2,
+            num_attention_heads=32,
+            partial_rotary_factor=0.4,
+            max_position_embeddings=2048,
+            hidden_act="gelu_new",
+        )
         model = phi_models.PhiForCausalLM(config)
         model.init_weights(seed=0)
     gen = torch.Generator().manual_seed(0)
@@ -56,8 +70,9 @@ def build_model(name: str):
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.02)
     # No stop ids: every reply runs to max_tokens, so runs compare equal work.
     template = "phi3" if name == "tiny" else "human_assistant"  # a base model's template for the phi-2 shape
-    return InferenceModel(model=model.eval(), tokenizer=tokenizer, template=template, stop_ids=[],
-                          stop_strings=(), name=name)
+    return InferenceModel(
+        model=model.eval(), tokenizer=tokenizer, template=template, stop_ids=[], stop_strings=(), name=name
+    )
 
 
 def run_clients(url: str, clients: int, requests: int, max_tokens: int) -> dict:
@@ -73,8 +88,13 @@ def run_clients(url: str, clients: int, requests: int, max_tokens: int) -> dict:
             start = time.perf_counter()
             first = None
             stream = client.chat.completions.create(
-                model=models[(index + r) % 3], messages=[{"role": "user", "content": PROMPTS[(index + r) % 6]}],
-                max_tokens=max_tokens, temperature=0, stream=True, stream_options={"include_usage": True})
+                model=models[(index + r) % 3],
+                messages=[{"role": "user", "content": PROMPTS[(index + r) % 6]}],
+                max_tokens=max_tokens,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
             for chunk in stream:
                 if first is None and chunk.choices and chunk.choices[0].delta.content:
                     first = time.perf_counter() - start
@@ -105,13 +125,16 @@ def main() -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "philora"))
-    from philora.commands.serve import build_state
     from serving import LiveServer  # tests/philora/serving.py: uvicorn in a thread on 127.0.0.1
+
+    from philora.commands.serve import build_state
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.requests} requests per client, "
-          f"{args.max_tokens} tokens each, greedy, streamed")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.requests} requests per client, "
+        f"{args.max_tokens} tokens each, greedy, streamed"
+    )
     print(f"{'model':8} {'mode':10} {'clients':>7} {'tok/s':>9} {'ttft p50':>10} {'ttft p95':>10}")
     for name in args.models:
         loaded = build_model(name)
@@ -123,8 +146,11 @@ def main() -> None:
                 run_clients(live.url, 1, 1, 4)  # warm-up
                 for clients in args.clients:
                     row = run_clients(live.url, clients, args.requests, args.max_tokens)
-                    print(f"{name:8} {mode:10} {clients:>7} {row['tok/s']:>9.1f} {row['ttft_p50'] * 1000:>8.0f}ms "
-                          f"{row['ttft_p95'] * 1000:>8.0f}ms", flush=True)
+                    print(
+                        f"{name:8} {mode:10} {clients:>7} {row['tok/s']:>9.1f} {row['ttft_p50'] * 1000:>8.0f}ms "
+                        f"{row['ttft_p95'] * 1000:>8.0f}ms",
+                        flush=True,
+                    )
             finally:
                 live.close()
 

@@ -51,8 +51,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.05)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--rounds", type=int, default=1, help="run each implementation this many times, alternating; "
-                                                         "report the round with the best median")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each implementation this many times, alternating; report the round with the best median",
+    )
     p.add_argument("--only", choices=["philora", "hf"], help="run one implementation only")
     p.add_argument("--check", action="store_true", help="first verify equal initial loss and trainable counts")
     p.add_argument("--keep", help="write the checkpoint and batches here (kept) instead of a temp dir")
@@ -63,6 +67,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------- parent
 
+
 def write_checkpoint(args, directory: Path) -> None:
     """A random phi-2-shaped PhiForCausalLM saved by transformers (bf16 safetensors) + the batches."""
     import torch
@@ -70,65 +75,99 @@ def write_checkpoint(args, directory: Path) -> None:
 
     torch.manual_seed(0)
     head_dim = args.hidden // args.heads  # phi-2: 80, of which 32 rotary dims; keep 32 rotary dims here
-    config = PhiConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                       num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                       num_key_value_heads=args.heads, partial_rotary_factor=32 / head_dim,
-                       max_position_embeddings=max(2048, args.seq), resid_pdrop=0.0, embd_pdrop=0.0,
-                       attention_dropout=0.0, hidden_act="gelu_new", tie_word_embeddings=False)
+    config = PhiConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        partial_rotary_factor=32 / head_dim,
+        max_position_embeddings=max(2048, args.seq),
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attention_dropout=0.0,
+        hidden_act="gelu_new",
+        tie_word_embeddings=False,
+    )
     model = PhiForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(directory, safe_serialization=True)
     gen = torch.Generator().manual_seed(1)
-    batches = [torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen)
-               for _ in range(args.warmup + args.steps)]
+    batches = [
+        torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen) for _ in range(args.warmup + args.steps)
+    ]
     torch.save(batches, directory / "batches.pt")
 
 
 def run_worker(args, kind: str, directory: Path) -> dict:
     argv = [sys.executable, __file__, "--worker", kind, "--dir", str(directory)]
-    for name in ("hidden", "layers", "heads", "vocab", "batch", "seq", "warmup", "steps", "r", "alpha",
-                 "dropout", "lr", "threads"):
+    for name in (
+        "hidden",
+        "layers",
+        "heads",
+        "vocab",
+        "batch",
+        "seq",
+        "warmup",
+        "steps",
+        "r",
+        "alpha",
+        "dropout",
+        "lr",
+        "threads",
+    ):
         argv += [f"--{name}", str(getattr(args, name))]
     done = subprocess.run(argv, capture_output=True, text=True)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         sys.exit(f"{kind} worker failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def check(args, directory: Path) -> None:
     ours, theirs = run_worker(args, "check-philora", directory), run_worker(args, "check-hf", directory)
     diff = abs(ours["loss"] - theirs["loss"])
-    print(f"check: initial loss philora {ours['loss']:.5f}  transformers+peft {theirs['loss']:.5f}  "
-          f"|diff| {diff:.2e}; trainable params {ours['trainable']:,} vs {theirs['trainable']:,}")
+    print(
+        f"check: initial loss philora {ours['loss']:.5f}  transformers+peft {theirs['loss']:.5f}  "
+        f"|diff| {diff:.2e}; trainable params {ours['trainable']:,} vs {theirs['trainable']:,}"
+    )
     # bf16 matmuls with different fusion (qkv in one matmul, chunked head): ~1e-2 relative is bf16's noise.
     if diff > 2e-2 * max(1.0, abs(theirs["loss"])) or ours["trainable"] != theirs["trainable"]:
         sys.exit("check FAILED: the two stacks do not compute the same model/LoRA")
 
 
 def table(args, results: dict) -> str:
+    import peft
     import torch
     import transformers
-    import peft
 
     mb = lambda kb: f"{kb / 1024:,.0f} MB"  # noqa: E731
-    rows = ["| implementation | tokens/s (median) | step s (median) | imports | after load | peak RSS | first loss |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| implementation | tokens/s (median) | step s (median) | imports | after load | peak RSS | first loss |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     names = {"philora": "philora", "hf": "transformers + peft"}
     for kind, res in results.items():
-        rows.append(f"| {names[kind]} | {res['tokens_per_s']:,.0f} | {res['step_s']:.3f} | "
-                    f"{mb(res['rss_imports_kb'])} | {mb(res['rss_after_load_kb'])} | {mb(res['peak_rss_kb'])} | "
-                    f"{res['first_loss']:.4f} |")
+        rows.append(
+            f"| {names[kind]} | {res['tokens_per_s']:,.0f} | {res['step_s']:.3f} | "
+            f"{mb(res['rss_imports_kb'])} | {mb(res['rss_after_load_kb'])} | {mb(res['peak_rss_kb'])} | "
+            f"{res['first_loss']:.4f} |"
+        )
     if len(results) == 2:
         ours, theirs = results["philora"], results["hf"]
-        rows.append(f"| **philora / hf** | **{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x** | | | "
-                    f"{ours['rss_after_load_kb'] / theirs['rss_after_load_kb']:.2f}x | "
-                    f"**{ours['peak_rss_kb'] / theirs['peak_rss_kb']:.2f}x** | |")
+        rows.append(
+            f"| **philora / hf** | **{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x** | | | "
+            f"{ours['rss_after_load_kb'] / theirs['rss_after_load_kb']:.2f}x | "
+            f"**{ours['peak_rss_kb'] / theirs['peak_rss_kb']:.2f}x** | |"
+        )
     threads = next(iter(results.values()))["threads"]
-    head = (f"hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {args.vocab}, "
-            f"batch {args.batch}x{args.seq}, bf16, LoRA r={args.r} alpha={args.alpha:g} dropout={args.dropout:g} "
-            f"on {','.join(TARGETS)}, AdamW; {args.warmup} warm-up + {args.steps} timed steps\n"
-            f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-            f"{threads} threads\n")
+    head = (
+        f"hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {args.vocab}, "
+        f"batch {args.batch}x{args.seq}, bf16, LoRA r={args.r} alpha={args.alpha:g} dropout={args.dropout:g} "
+        f"on {','.join(TARGETS)}, AdamW; {args.warmup} warm-up + {args.steps} timed steps\n"
+        f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
+        f"{threads} threads\n"
+    )
     return head + "\n".join(rows)
 
 
@@ -154,6 +193,7 @@ def main(argv=None) -> None:
 
 # ---------------------------------------------------------------------------- workers
 
+
 def rss_kb() -> int:
     """Current resident set size in KiB."""
     for line in open("/proc/self/status"):
@@ -165,6 +205,7 @@ def rss_kb() -> int:
 def load_philora(args, directory: Path):
     """The model and trainable params exactly as training/run.py builds them (load, inject, fp32 LoRA)."""
     import torch
+
     import lora_core
     import phi_models
 
@@ -187,8 +228,14 @@ def load_hf(args, directory: Path):
 
     model = PhiForCausalLM.from_pretrained(str(directory), dtype=torch.bfloat16)
     after_load = rss_kb()
-    config = LoraConfig(r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules=TARGETS,
-                        bias="none", task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=args.r,
+        lora_alpha=args.alpha,
+        lora_dropout=args.dropout,
+        target_modules=TARGETS,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, config)
     model.train()
     return model, after_load
@@ -215,9 +262,9 @@ def worker(args) -> None:
     batches = torch.load(directory / "batches.pt")
     kind = args.worker.removeprefix("check-")
     if kind == "philora":
-        import lora_core, phi_models, training.loop  # noqa: F401,E401
+        import lora_core  # noqa: F401,E401
     else:
-        import peft, transformers  # noqa: F401,E401
+        import peft  # noqa: F401,E401
     rss_imports = rss_kb()
     torch.manual_seed(0)
     model, after_load = (load_philora if kind == "philora" else load_hf)(args, directory)
@@ -227,8 +274,9 @@ def worker(args) -> None:
     if args.worker.startswith("check-"):
         with torch.no_grad(), autocast():
             if kind == "philora":
-                from training.loop import micro_batch_loss
-                from training.loss import count_targets
+                from philora.training.loop import micro_batch_loss
+                from philora.training.loss import count_targets
+
                 batch = philora_batch(batches[0])
                 loss = float(micro_batch_loss(model, batch, 256)) / count_targets(batch["targets"])
             else:
@@ -237,9 +285,9 @@ def worker(args) -> None:
         return
 
     if kind == "philora":
-        from training.loop import accumulate_window, optimizer_step
-        from training.optim import build_optimizer
-        from training.precision import Precision
+        from philora.training.loop import accumulate_window, optimizer_step
+        from philora.training.optim import build_optimizer
+        from philora.training.precision import Precision
 
         precision = Precision("bf16", torch.device("cpu"))
         optimizer = build_optimizer(params, name="adamw", lr=args.lr)
@@ -267,12 +315,22 @@ def worker(args) -> None:
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
-    print("RESULT " + json.dumps({
-        "tokens_per_s": args.batch * args.seq / step_s, "step_s": step_s, "step_times": times,
-        "rss_imports_kb": rss_imports, "rss_after_load_kb": after_load,
-        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-        "first_loss": losses[0], "last_loss": losses[-1], "threads": torch.get_num_threads(),
-    }))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "tokens_per_s": args.batch * args.seq / step_s,
+                "step_s": step_s,
+                "step_times": times,
+                "rss_imports_kb": rss_imports,
+                "rss_after_load_kb": after_load,
+                "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                "first_loss": losses[0],
+                "last_loss": losses[-1],
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,14 @@ def llama_side(model_path: Path, prompt_ids: list[int], tokens: int, lora_path: 
     """llama.cpp's last-position logits and greedy continuation for the same token ids."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(model_path), lora_path=str(lora_path) if lora_path else None, logits_all=True,
-                n_ctx=512, verbose=False, seed=0)
+    llm = Llama(
+        model_path=str(model_path),
+        lora_path=str(lora_path) if lora_path else None,
+        logits_all=True,
+        n_ctx=512,
+        verbose=False,
+        seed=0,
+    )
     llm.eval(prompt_ids)
     logits = torch.tensor(llm.scores[len(prompt_ids) - 1])
     llm.reset()
@@ -60,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         print("pip install llama-cpp-python diskcache first (it compiles llama.cpp)", file=sys.stderr)
         return 2
     import phi_models
-    from deploy.export_formats import base_config, load_dense, tokenizer_dir
-    from deploy.gguf_lora import write_gguf_lora
-    from deploy.gguf_model import write_gguf_model
     from lora_core import read_adapter
+    from philora.deploy.export_formats import base_config, load_dense, tokenizer_dir
+    from philora.deploy.gguf_lora import write_gguf_lora
+    from philora.deploy.gguf_model import write_gguf_model
     from philora.runs import open_run
 
     run = open_run(args.run)
@@ -73,19 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     opts = argparse.Namespace(adapter=None)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        merged = write_gguf_model(load_dense(run, opts, merged=True), tokenizer_dir(run), tmp / "merged.gguf",
-                                  dtype=args.dtype)
-        base = write_gguf_model(load_dense(run, opts, merged=False), tokenizer_dir(run), tmp / "base.gguf",
-                                dtype=args.dtype)
+        merged = write_gguf_model(
+            load_dense(run, opts, merged=True), tokenizer_dir(run), tmp / "merged.gguf", dtype=args.dtype
+        )
+        base = write_gguf_model(
+            load_dense(run, opts, merged=False), tokenizer_dir(run), tmp / "base.gguf", dtype=args.dtype
+        )
         tensors, config = read_adapter(run.adapter_file)
-        lora = write_gguf_lora(tensors, dict(run.lora or {}, **config), base_config(run), tmp / "lora.gguf",
-                               dtype="f32")
+        lora = write_gguf_lora(
+            tensors, dict(run.lora or {}, **config), base_config(run), tmp / "lora.gguf", dtype="f32"
+        )
         for label, model_path, lora_path in (("merged GGUF", merged, None), ("base GGUF + LoRA GGUF", base, lora)):
             logits, greedy = llama_side(model_path, prompt_ids, args.tokens, lora_path)
             diff = (logits - ours_logits).abs().max().item()
             same = sum(a == b for a, b in zip(greedy, ours_tokens))
-            print(f"{label:24s} dtype {args.dtype}: max |logit diff| {diff:.3e}, greedy tokens equal "
-                  f"{same}/{len(ours_tokens)}")
+            print(
+                f"{label:24s} dtype {args.dtype}: max |logit diff| {diff:.3e}, greedy tokens equal "
+                f"{same}/{len(ours_tokens)}"
+            )
     return 0
 
 

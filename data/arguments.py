@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numbers
 
-from .errors import DataError
+from philora.data.errors import DataError
 
 
 def require_int(name: str, value, low: int) -> None:
@@ -26,12 +26,15 @@ def require_tokenizer(tokenizer) -> None:
     """A phi_models.PhiTokenizer (or anything with the same attributes)."""
     missing = [a for a in ("backend", "eos_token_id", "chat_format") if not hasattr(tokenizer, a)]
     if missing:
-        raise DataError(f"tokenizer must be a phi_models.PhiTokenizer (phi_models.load_tokenizer(...)) or a model "
-                        f"name, got {type(tokenizer).__name__} without {', '.join(missing)}")
+        raise DataError(
+            f"tokenizer must be a phi_models.PhiTokenizer (phi_models.load_tokenizer(...)) or a model "
+            f"name, got {type(tokenizer).__name__} without {', '.join(missing)}"
+        )
 
 
 def require_examples(examples) -> None:
     """A sequence of data.Example, as data.prepare returns them."""
     if not isinstance(examples, (list, tuple)) or not all(hasattr(e, "input_ids") for e in examples):
-        raise DataError(f"examples must be a list of data.Example (prepared.train / prepared.val), "
-                        f"got {type(examples).__name__}")
+        raise DataError(
+            f"examples must be a list of data.Example (prepared.train / prepared.val), got {type(examples).__name__}"
+        )

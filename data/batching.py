@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import bisect
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from .arguments import require_examples, require_int
-from .errors import DataError
-from .tokenize import IGNORE_INDEX, Example
+from philora.data.arguments import require_examples, require_int
+from philora.data.errors import DataError
+from philora.data.tokenize import IGNORE_INDEX, Example
 
 # Length grouping sorts within windows of this many batches, so batches stay random
 # across the epoch while each one holds examples of similar length.
@@ -54,8 +54,8 @@ def _group_by_length(lengths: Sequence[int], order: list[int], batch_size: int) 
     window = batch_size * GROUP_WINDOW_BATCHES
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda i: -lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        chunk = sorted(order[start : start + window], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return batches
 
 
@@ -84,9 +84,13 @@ def collate(rows: list[list[Example]], pad_id: int, pad_to_multiple: int = 1) ->
         positions.append(pos + [0] * pad)
         documents.append(doc + [0] * pad)
     as_tensor = lambda rows_: torch.tensor(rows_, dtype=torch.long)  # noqa: E731
-    return {"input_ids": as_tensor(input_ids), "targets": as_tensor(targets),
-            "attention_mask": as_tensor(attention), "position_ids": as_tensor(positions),
-            "document_ids": as_tensor(documents)}
+    return {
+        "input_ids": as_tensor(input_ids),
+        "targets": as_tensor(targets),
+        "attention_mask": as_tensor(attention),
+        "position_ids": as_tensor(positions),
+        "document_ids": as_tensor(documents),
+    }
 
 
 class EpochBatches(list):
@@ -98,10 +102,21 @@ class EpochBatches(list):
         self.dropped_examples = dropped_examples
 
 
-def make_batches(examples: Sequence[Example], *, batch_size: int, max_seq_len: int, pad_id: int,
-                 packing: bool = True, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                 rank: int = 0, world_size: int = 1, pad_to_multiple: int = 1,
-                 drop_uneven: bool = True) -> EpochBatches:
+def make_batches(
+    examples: Sequence[Example],
+    *,
+    batch_size: int,
+    max_seq_len: int,
+    pad_id: int,
+    packing: bool = True,
+    shuffle: bool = True,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pad_to_multiple: int = 1,
+    drop_uneven: bool = True,
+) -> EpochBatches:
     """Build this rank's batches for one epoch.
 
     With ``packing`` several examples share a row of at most ``max_seq_len`` tokens;
@@ -115,8 +130,12 @@ def make_batches(examples: Sequence[Example], *, batch_size: int, max_seq_len: i
     up to one), for loops with no per-batch collective such as evaluation.
     """
     require_examples(examples)
-    for name, value in (("batch_size", batch_size), ("max_seq_len", max_seq_len), ("pad_id", pad_id),
-                        ("pad_to_multiple", pad_to_multiple)):
+    for name, value in (
+        ("batch_size", batch_size),
+        ("max_seq_len", max_seq_len),
+        ("pad_id", pad_id),
+        ("pad_to_multiple", pad_to_multiple),
+    ):
         require_int(name, value, 0)
     if batch_size < 1 or max_seq_len < 1:
         raise DataError(f"batch_size ({batch_size}) and max_seq_len ({max_seq_len}) must be at least 1")
@@ -125,8 +144,10 @@ def make_batches(examples: Sequence[Example], *, batch_size: int, max_seq_len: i
     lengths = [len(e) for e in examples]
     for index, length in enumerate(lengths):
         if length > max_seq_len:
-            raise DataError(f"example {index} has {length} tokens, more than max_seq_len={max_seq_len}; "
-                            f"prepare the data with the same max_seq_len")
+            raise DataError(
+                f"example {index} has {length} tokens, more than max_seq_len={max_seq_len}; "
+                f"prepare the data with the same max_seq_len"
+            )
         if length == 0:
             raise DataError(f"example {index} is empty; prepare the data with data.prepare")
     rng = _rng(seed, epoch)
@@ -137,7 +158,7 @@ def make_batches(examples: Sequence[Example], *, batch_size: int, max_seq_len: i
         rows = pack_rows(lengths, order, max_seq_len)
         if shuffle:
             rng.shuffle(rows)  # best-fit fills early rows first; spread them over the epoch
-        groups = [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+        groups = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
     else:
         groups = [[[i] for i in batch] for batch in _group_by_length(lengths, order, batch_size)]
         if shuffle:
@@ -146,11 +167,16 @@ def make_batches(examples: Sequence[Example], *, batch_size: int, max_seq_len: i
     if drop_uneven and world_size > 1:
         keep = len(groups) - len(groups) % world_size
         if keep == 0 and groups:
-            raise DataError(f"{len(examples)} examples make {len(groups)} batches of batch_size={batch_size}, fewer "
-                            f"than world_size={world_size}, so some rank would get none; use a smaller batch_size, "
-                            f"more data, or drop_uneven=False")
+            raise DataError(
+                f"{len(examples)} examples make {len(groups)} batches of batch_size={batch_size}, fewer "
+                f"than world_size={world_size}, so some rank would get none; use a smaller batch_size, "
+                f"more data, or drop_uneven=False"
+            )
         groups, dropped = groups[:keep], groups[keep:]
-    batches = [collate([[examples[i] for i in row] for row in group], pad_id, pad_to_multiple)
-               for group in groups[rank::world_size]]
-    return EpochBatches(batches, dropped_batches=len(dropped),
-                        dropped_examples=sum(len(row) for group in dropped for row in group))
+    batches = [
+        collate([[examples[i] for i in row] for row in group], pad_id, pad_to_multiple)
+        for group in groups[rank::world_size]
+    ]
+    return EpochBatches(
+        batches, dropped_batches=len(dropped), dropped_examples=sum(len(row) for group in dropped for row in group)
+    )

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import DataError
+from philora.data.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 
 # Role names seen in the wild, mapped onto ours (ShareGPT, oasst1, OpenAI-style files).
 ROLE_ALIASES = {
-    "system": "system", "user": "user", "assistant": "assistant",
-    "human": "user", "prompter": "user", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+    "system": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "human": "user",
+    "prompter": "user",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
 }
 
 

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 from phi_models import PhiModelError
 from phi_models.chat_format import Segment
-
-from .conversation import Message
-from .errors import DataError
+from philora.data.conversation import Message
+from philora.data.errors import DataError
 
 MODEL_TEMPLATE = "model"
 
@@ -42,9 +41,11 @@ def _without_final_eos(text: str, eos: str | None) -> str:
 
 def _renderer(tokenizer, origin: str):
     if getattr(tokenizer, "chat_template", None) is None:
-        raise DataError(f"template {MODEL_TEMPLATE!r} needs a tokenizer with its own chat template "
-                        f"(chat_template.jinja or tokenizer_config.json's chat_template); "
-                        f"{getattr(tokenizer, 'name', '') or 'this tokenizer'} has none: pick a named template")
+        raise DataError(
+            f"template {MODEL_TEMPLATE!r} needs a tokenizer with its own chat template "
+            f"(chat_template.jinja or tokenizer_config.json's chat_template); "
+            f"{getattr(tokenizer, 'name', '') or 'this tokenizer'} has none: pick a named template"
+        )
 
     def render(messages: list[dict], add_generation_prompt: bool) -> str:
         try:
@@ -63,7 +64,7 @@ def render_with_model_template(messages: tuple[Message, ...], tokenizer, origin:
     full = _without_final_eos(render(dicts, False), eos)
     segments: list[Segment] = []
     dropped: list[str] = []
-    at = 0          # end of the text already placed in segments
+    at = 0  # end of the text already placed in segments
     try:  # what messages[:i] renders to; some templates refuse an empty conversation
         previous = _without_final_eos(render([], False), eos)
     except DataError:
@@ -71,9 +72,11 @@ def render_with_model_template(messages: tuple[Message, ...], tokenizer, origin:
     for i, message in enumerate(messages):
         upto = _without_final_eos(render(dicts[: i + 1], False), eos)
         if not full.startswith(upto):
-            raise DataError(f"{origin}: the model's chat template renders a conversation differently from its "
-                            f"first {i + 1} messages, so per-turn loss masks cannot be taken from it; "
-                            f"pass a named template (--template phi3, ...) instead")
+            raise DataError(
+                f"{origin}: the model's chat template renders a conversation differently from its "
+                f"first {i + 1} messages, so per-turn loss masks cannot be taken from it; "
+                f"pass a named template (--template phi3, ...) instead"
+            )
         if message.role != "assistant":
             if upto == previous and message.content:
                 dropped.append(message.role)
@@ -82,14 +85,14 @@ def render_with_model_template(messages: tuple[Message, ...], tokenizer, origin:
         prompt = render(dicts[:i], True) if i else ""
         start = len(prompt) if full.startswith(prompt) and len(prompt) <= len(upto) else len(previous)
         start = max(start, at)
-        added = full[start:len(upto)]
+        added = full[start : len(upto)]
         found = added.rfind(message.content)
         if found < 0:
             dropped.append(message.role)
             previous = upto
             continue
         content_end = start + found + len(message.content)
-        end = content_end + len(full[content_end:len(upto)].rstrip())
+        end = content_end + len(full[content_end : len(upto)].rstrip())
         segments += [Segment(full[at:start], False), Segment(full[start:end], message.train)]
         at = end
         previous = upto

@@ -5,13 +5,13 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from .arguments import require_fraction, require_int, require_tokenizer
-from .conversation import Conversation
-from .errors import DataError
-from .report import DatasetReport
-from .sources import load_source
-from .templates import check_template, default_template, describe_template, render
-from .tokenize import Example, tokenize_many
+from philora.data.arguments import require_fraction, require_int, require_tokenizer
+from philora.data.conversation import Conversation
+from philora.data.errors import DataError
+from philora.data.report import DatasetReport
+from philora.data.sources import load_source
+from philora.data.templates import check_template, default_template, describe_template, render
+from philora.data.tokenize import Example, tokenize_many
 
 
 @dataclass
@@ -47,8 +47,7 @@ def _tokenize_all(conversations, tokenizer, template, max_seq_len, train_on_prom
     dropped: list[str] = []
     rendered = [render(c, template, tokenizer, dropped) for c in wanted]
     report.dropped_by_template.update(dropped)
-    results = tokenize_many(rendered, tokenizer,
-                            max_seq_len=max_seq_len, train_on_prompt=train_on_prompt)
+    results = tokenize_many(rendered, tokenizer, max_seq_len=max_seq_len, train_on_prompt=train_on_prompt)
     examples = []
     for result in results:
         report.truncated += result.truncated
@@ -62,9 +61,19 @@ def _tokenize_all(conversations, tokenizer, template, max_seq_len, train_on_prom
     return examples
 
 
-def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int = 1024,
-            train_on_prompt: bool = False, val_fraction: float = 0.05, seed: int = 0,
-            limit: int | None = None, eval_data: str | None = None, **source_options) -> PreparedData:
+def prepare(
+    source,
+    tokenizer,
+    *,
+    template: str | None = None,
+    max_seq_len: int = 1024,
+    train_on_prompt: bool = False,
+    val_fraction: float = 0.05,
+    seed: int = 0,
+    limit: int | None = None,
+    eval_data: str | None = None,
+    **source_options,
+) -> PreparedData:
     """Load ``source``, render it with ``template`` (default: the model's chat format, or
     the usual base-model format for that dataset), tokenize with loss masks, and split.
 
@@ -77,6 +86,7 @@ def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int 
     """
     if isinstance(tokenizer, str):
         from phi_models import load_tokenizer
+
         tokenizer = load_tokenizer(tokenizer)
     require_tokenizer(tokenizer)
     require_int("max_seq_len", max_seq_len, 2)
@@ -102,14 +112,22 @@ def prepare(source, tokenizer, *, template: str | None = None, max_seq_len: int 
         train_conv, val_conv = _split(data.train, val_fraction, seed)
     if limit is not None:
         train_conv, val_conv = train_conv[:limit], val_conv[:limit]
-    report = DatasetReport(source=data.name, template=template, max_seq_len=max_seq_len,
-                           template_origin=describe_template(template, tokenizer), shape=data.kind,
-                           records=data.records, filtered=data.filtered)
+    report = DatasetReport(
+        source=data.name,
+        template=template,
+        max_seq_len=max_seq_len,
+        template_origin=describe_template(template, tokenizer),
+        shape=data.kind,
+        records=data.records,
+        filtered=data.filtered,
+    )
     train = _tokenize_all(train_conv, tokenizer, template, max_seq_len, train_on_prompt, report)
     val = _tokenize_all(val_conv, tokenizer, template, max_seq_len, train_on_prompt, report)
     report.kept_train, report.kept_val = len(train), len(val)
     if not train:
-        raise DataError(f"{data.name}: no training examples left after filtering ({report.records} read, "
-                        f"{report.filtered} filtered, skipped: {dict(report.skipped) or 'none'}); "
-                        f"check the source, its filters (e.g. lang=) and max_seq_len")
+        raise DataError(
+            f"{data.name}: no training examples left after filtering ({report.records} read, "
+            f"{report.filtered} filtered, skipped: {dict(report.skipped) or 'none'}); "
+            f"check the source, its filters (e.g. lang=) and max_seq_len"
+        )
     return PreparedData(train=train, val=val, report=report, template=template)

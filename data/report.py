@@ -20,18 +20,18 @@ class DatasetReport:
 
     source: str = ""
     template: str = ""
-    template_origin: str = ""      # where the template comes from (data.templates.describe_template)
-    shape: str = ""                # the detected (or --shape) data shape, e.g. "alpaca"
-    dropped_by_template: Counter = field(default_factory=Counter)   # role -> messages the template left out
+    template_origin: str = ""  # where the template comes from (data.templates.describe_template)
+    shape: str = ""  # the detected (or --shape) data shape, e.g. "alpaca"
+    dropped_by_template: Counter = field(default_factory=Counter)  # role -> messages the template left out
     max_seq_len: int = 0
-    records: int = 0               # conversations read from the source (both splits)
-    filtered: int = 0              # dropped on purpose by a source filter (e.g. language)
+    records: int = 0  # conversations read from the source (both splits)
+    filtered: int = 0  # dropped on purpose by a source filter (e.g. language)
     kept_train: int = 0
     kept_val: int = 0
-    skipped: Counter = field(default_factory=Counter)   # reason -> count
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
     truncated: int = 0
-    tokens: int = 0                # input tokens of the kept examples
-    target_tokens: int = 0         # positions that carry a loss
+    tokens: int = 0  # input tokens of the kept examples
+    target_tokens: int = 0  # positions that carry a loss
     lengths: list[int] = field(default_factory=list, repr=False)
 
     @property
@@ -47,8 +47,12 @@ class DatasetReport:
     def length_percentiles(self) -> dict[str, int]:
         """p50/p90/p99/max of the kept examples' lengths in tokens."""
         values = sorted(self.lengths)
-        return {"p50": percentile(values, 50), "p90": percentile(values, 90),
-                "p99": percentile(values, 99), "max": values[-1] if values else 0}
+        return {
+            "p50": percentile(values, 50),
+            "p90": percentile(values, 90),
+            "p99": percentile(values, 99),
+            "max": values[-1] if values else 0,
+        }
 
     def __str__(self) -> str:
         share = self.target_tokens / self.tokens if self.tokens else 0.0
@@ -67,7 +71,12 @@ class DatasetReport:
         ]
         if self.dropped_by_template:
             lost = ", ".join(f"{n} {role}" for role, n in sorted(self.dropped_by_template.items()))
-            rows.append(("dropped", f"{lost} message(s): the model's template does not render them "
-                                    f"(they are not trained on or seen; pass --template to use another)"))
+            rows.append(
+                (
+                    "dropped",
+                    f"{lost} message(s): the model's template does not render them "
+                    f"(they are not trained on or seen; pass --template to use another)",
+                )
+            )
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -21,19 +21,21 @@ The final EOS is not part of any template: :mod:`data.tokenize` appends it.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from phi_models import chat_format
 from phi_models.chat_format import Segment
+from philora.data.conversation import Conversation, Message
+from philora.data.errors import DataError
+from philora.data.model_template import MODEL_TEMPLATE, render_with_model_template
 
-from .conversation import Conversation, Message
-from .errors import DataError
-from .model_template import MODEL_TEMPLATE, render_with_model_template
-
-ALPACA_PREAMBLE_INPUT = ("Below is an instruction that describes a task, paired with an input that provides "
-                         "further context. Write a response that appropriately completes the request.\n\n")
-ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
-                   "Write a response that appropriately completes the request.\n\n")
+ALPACA_PREAMBLE_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides "
+    "further context. Write a response that appropriately completes the request.\n\n"
+)
+ALPACA_PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+)
 
 
 def _target(message: Message) -> bool:
@@ -48,7 +50,9 @@ def _render_roleplay(messages: tuple[Message, ...]) -> list[Segment]:
     return segments
 
 
-def _render_turns(messages, user_prefix: str, assistant_prefix: str, system_suffix: str, turn_sep: str) -> list[Segment]:
+def _render_turns(
+    messages, user_prefix: str, assistant_prefix: str, system_suffix: str, turn_sep: str
+) -> list[Segment]:
     # Shared by the "### Human" and "Instruct:" styles: prompt header, then " reply" as the target.
     segments, first_turn = [], True
     for message in messages:
@@ -76,8 +80,10 @@ def _single_turn(messages, template: str, origin: str) -> tuple[str | None, str,
     """Split a one-exchange conversation into (system or None, user text, assistant message)."""
     roles = [m.role for m in messages]
     if roles not in (["user", "assistant"], ["system", "user", "assistant"]):
-        raise DataError(f"{origin}: template '{template}' renders one instruction and one response, but the "
-                        f"conversation has turns {roles}; use a chat template (e.g. human_assistant) instead")
+        raise DataError(
+            f"{origin}: template '{template}' renders one instruction and one response, but the "
+            f"conversation has turns {roles}; use a chat template (e.g. human_assistant) instead"
+        )
     system = messages[0].content if roles[0] == "system" else None
     return system, messages[-2].content, messages[-1]
 
@@ -94,8 +100,10 @@ def _render_alpaca(messages, origin: str) -> list[Segment]:
 def _render_alpaca_record(conversation: Conversation) -> list[Segment]:
     # An Alpaca record with an input: the user turn joins instruction and input; the template splits them again.
     meta, reply = conversation.meta, conversation.messages[-1]
-    prompt = (f"{ALPACA_PREAMBLE_INPUT}### Instruction:\n{meta['instruction']}\n\n### Input:\n{meta['input']}"
-              f"\n\n### Response:\n")
+    prompt = (
+        f"{ALPACA_PREAMBLE_INPUT}### Instruction:\n{meta['instruction']}\n\n### Input:\n{meta['input']}"
+        f"\n\n### Response:\n"
+    )
     return [Segment(prompt, False), Segment(reply.content, _target(reply))]
 
 
@@ -249,6 +257,8 @@ def render_prompt(template: str, messages, tokenizer=None, add_generation_prompt
 def _renderer_check(tokenizer):
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
         name = getattr(tokenizer, "name", "") if tokenizer is not None else ""
-        raise DataError(f"template {MODEL_TEMPLATE!r} needs the model's tokenizer with its own chat template; "
-                        f"{name or 'none was given'} has none: pick a named template (one of {list(TEMPLATES[1:])})")
+        raise DataError(
+            f"template {MODEL_TEMPLATE!r} needs the model's tokenizer with its own chat template; "
+            f"{name or 'none was given'} has none: pick a named template (one of {list(TEMPLATES[1:])})"
+        )
     return tokenizer

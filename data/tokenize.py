@@ -5,8 +5,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from .errors import DataError
-from .limits import text_char_budget
+from philora.data.errors import DataError
+from philora.data.limits import text_char_budget
 
 IGNORE_INDEX = -100
 
@@ -74,13 +74,14 @@ def _encode_with_offsets(tokenizer, texts: list[str]):
     # Character offsets come from the wrapped `tokenizers` backend (PhiTokenizer.backend).
     backend = getattr(tokenizer, "backend", None)
     if backend is None or not hasattr(backend, "encode_batch"):
-        raise DataError(f"tokenizer {type(tokenizer).__name__} has no `backend` tokenizers.Tokenizer to take "
-                        f"token offsets from; pass a phi_models.PhiTokenizer (phi_models.load_tokenizer)")
+        raise DataError(
+            f"tokenizer {type(tokenizer).__name__} has no `backend` tokenizers.Tokenizer to take "
+            f"token offsets from; pass a phi_models.PhiTokenizer (phi_models.load_tokenizer)"
+        )
     return backend.encode_batch(texts, add_special_tokens=False)
 
 
-def _build(ids: list[int], learn: list[bool], eos_id: int, max_seq_len: int,
-           train_on_prompt: bool) -> TokenizeResult:
+def _build(ids: list[int], learn: list[bool], eos_id: int, max_seq_len: int, train_on_prompt: bool) -> TokenizeResult:
     ids = list(ids)
     learn = [flag or train_on_prompt for flag in learn]
     ids.append(eos_id)
@@ -116,6 +117,13 @@ def tokenize_many(segment_lists, tokenizer, *, max_seq_len: int, train_on_prompt
     _encode_with_offsets(tokenizer, [])  # the backend check, before the budget reads its vocabulary
     budget = text_char_budget(tokenizer, max_seq_len)  # a 50 MB record is cut before tokenizing, not after
     encodings = _encode_with_offsets(tokenizer, [text[:budget] for text, _, _ in rendered])
-    return [_build(encoding.ids, _token_flags(encoding.offsets, starts, flags), tokenizer.eos_token_id,
-                   max_seq_len, train_on_prompt)
-            for encoding, (_, starts, flags) in zip(encodings, rendered)]
+    return [
+        _build(
+            encoding.ids,
+            _token_flags(encoding.offsets, starts, flags),
+            tokenizer.eos_token_id,
+            max_seq_len,
+            train_on_prompt,
+        )
+        for encoding, (_, starts, flags) in zip(encodings, rendered)
+    ]

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .lora_pieces import refusal_reasons
-from .ollama import TEMPLATES
+from philora.deploy.lora_pieces import refusal_reasons
+from philora.deploy.ollama import TEMPLATES
 
 TARGETS = ("peft", "vllm", "llama.cpp", "ollama")
 # vLLM accepts these --max-lora-rank values; an adapter above the largest cannot be served.
@@ -55,8 +55,15 @@ def _modules_to_save(peft_dir: Path | None) -> list[str]:
     return list(config.get("modules_to_save") or [])
 
 
-def problems(tensors: dict, lora_config: dict[str, Any], *, target: str, template: str | None,
-             model_type: str | None = None, peft_dir: Path | None = None) -> list[Problem]:
+def problems(
+    tensors: dict,
+    lora_config: dict[str, Any],
+    *,
+    target: str,
+    template: str | None,
+    model_type: str | None = None,
+    peft_dir: Path | None = None,
+) -> list[Problem]:
     """Every problem ``target`` has with this adapter (empty: deployable)."""
     found: list[Problem] = []
     dora = bool(lora_config.get("use_dora")) or any(k.endswith("lora_magnitude_vector") for k in tensors)
@@ -66,35 +73,74 @@ def problems(tensors: dict, lora_config: dict[str, Any], *, target: str, templat
     if target == "peft":
         extra = sorted(k for k in tensors if not k.endswith((".lora_A", ".lora_B", ".lora_magnitude_vector")))
         if extra:
-            found.append(Problem(target, f"the adapter holds non-LoRA tensors ({extra[0]} ...)",
-                                 "train with LoRA factors only (no trained biases), or export the merged model"))
+            found.append(
+                Problem(
+                    target,
+                    f"the adapter holds non-LoRA tensors ({extra[0]} ...)",
+                    "train with LoRA factors only (no trained biases), or export the merged model",
+                )
+            )
     elif target == "vllm":
         if dora:
-            found.append(Problem(target, "vLLM does not serve DoRA adapters",
-                                 "train without DoRA, or serve the merged model (philora merge)"))
+            found.append(
+                Problem(
+                    target,
+                    "vLLM does not serve DoRA adapters",
+                    "train without DoRA, or serve the merged model (philora merge)",
+                )
+            )
         if saved:
-            found.append(Problem(target, f"vLLM refuses modules_to_save ({', '.join(saved)})",
-                                 "train without saved modules, or serve the merged model (philora merge)"))
+            found.append(
+                Problem(
+                    target,
+                    f"vLLM refuses modules_to_save ({', '.join(saved)})",
+                    "train without saved modules, or serve the merged model (philora merge)",
+                )
+            )
         if embedding:
-            found.append(Problem(target, f"LoRA on {', '.join(embedding)}: vLLM serves LoRA on linear layers only",
-                                 "leave the embedding and lm_head out of the targets, or serve the merged model"))
+            found.append(
+                Problem(
+                    target,
+                    f"LoRA on {', '.join(embedding)}: vLLM serves LoRA on linear layers only",
+                    "leave the embedding and lm_head out of the targets, or serve the merged model",
+                )
+            )
         rank = peft_rank(tensors, lora_config, model_type)
         if vllm_max_lora_rank(rank) is None:
-            found.append(Problem(target, f"LoRA rank {rank} is above vLLM's maximum --max-lora-rank "
-                                         f"{VLLM_LORA_RANKS[-1]}",
-                                 f"train with --lora-r {VLLM_LORA_RANKS[-1]} or less (Phi-3 fused slices count r "
-                                 f"once per slice), or serve the merged model"))
+            found.append(
+                Problem(
+                    target,
+                    f"LoRA rank {rank} is above vLLM's maximum --max-lora-rank {VLLM_LORA_RANKS[-1]}",
+                    f"train with --lora-r {VLLM_LORA_RANKS[-1]} or less (Phi-3 fused slices count r "
+                    f"once per slice), or serve the merged model",
+                )
+            )
     elif target in ("llama.cpp", "ollama"):
         for reason in refusal_reasons(tensors, lora_config):
             message, _, fix = reason.partition("; ")
-            found.append(Problem(target, f"llama.cpp's LoRA loader cannot take it: {message}",
-                                 fix or "export the merged model instead"))
+            found.append(
+                Problem(
+                    target,
+                    f"llama.cpp's LoRA loader cannot take it: {message}",
+                    fix or "export the merged model instead",
+                )
+            )
         if model_type not in (None, "phi", "phi3"):
-            found.append(Problem(target, f"model type {model_type!r} has no llama.cpp architecture here",
-                                 "use a phi-1.5/2 or Phi-3-family base"))
+            found.append(
+                Problem(
+                    target,
+                    f"model type {model_type!r} has no llama.cpp architecture here",
+                    "use a phi-1.5/2 or Phi-3-family base",
+                )
+            )
         if target == "ollama" and template not in TEMPLATES:
-            found.append(Problem(target, f"template {template!r} has no Ollama TEMPLATE equivalent",
-                                 f"train with one of {', '.join(TEMPLATES)}, or write the Modelfile TEMPLATE by hand"))
+            found.append(
+                Problem(
+                    target,
+                    f"template {template!r} has no Ollama TEMPLATE equivalent",
+                    f"train with one of {', '.join(TEMPLATES)}, or write the Modelfile TEMPLATE by hand",
+                )
+            )
     else:
         raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
     return found
@@ -110,20 +156,20 @@ def run_problems(run, targets: tuple[str, ...] | list[str] = TARGETS, model_type
     for target in targets:
         template = run.template
         if target == "ollama":
-            from .export_formats import ollama_template
+            from philora.deploy.export_formats import ollama_template
 
             template = ollama_template(run)
-        found += problems(tensors, lora_config, target=target, template=template, model_type=model_type,
-                          peft_dir=run.peft_dir)
+        found += problems(
+            tensors, lora_config, target=target, template=template, model_type=model_type, peft_dir=run.peft_dir
+        )
     return found
 
 
 def training_warnings(run_dir: str | Path) -> list[str]:
     """One line per deployment problem of a finished run (for the end of training); never raises."""
     try:
+        from philora.deploy.export_formats import base_config
         from philora.runs import open_run
-
-        from .export_formats import base_config
 
         run = open_run(run_dir)
         return [f"deploy warning: {problem}" for problem in run_problems(run, model_type=base_config(run).model_type)]

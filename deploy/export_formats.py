@@ -11,19 +11,26 @@ import json
 import shlex
 from pathlib import Path
 
-from .errors import DeployError
-from .gguf_common import GGUF_DTYPES
+from philora.deploy.errors import DeployError
+from philora.deploy.gguf_common import GGUF_DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options only the deploy formats use."""
-    parser.add_argument("--dtype", choices=GGUF_DTYPES, default=None,
-                        help="GGUF tensor type of the 2-D weights (default: f32 for gguf-lora, f16 for gguf/ollama)")
+    parser.add_argument(
+        "--dtype",
+        choices=GGUF_DTYPES,
+        default=None,
+        help="GGUF tensor type of the 2-D weights (default: f32 for gguf-lora, f16 for gguf/ollama)",
+    )
     parser.add_argument("--base-only", action="store_true", help="gguf: write the base model without the adapter")
-    parser.add_argument("--merged", action="store_true",
-                        help="ollama: one merged model GGUF instead of base GGUF + adapter GGUF")
+    parser.add_argument(
+        "--merged", action="store_true", help="ollama: one merged model GGUF instead of base GGUF + adapter GGUF"
+    )
     parser.add_argument("--system", default=None, help="ollama: SYSTEM prompt for the Modelfile (default: none)")
-    parser.add_argument("--name", default=None, help="model name in GGUF metadata / vLLM (default: the run's folder name)")
+    parser.add_argument(
+        "--name", default=None, help="model name in GGUF metadata / vLLM (default: the run's folder name)"
+    )
 
 
 def base_config(run):
@@ -62,12 +69,13 @@ def _name(run, args) -> str:
 def export_gguf_lora(run, args, out: Path) -> str:
     """The run's adapter as a GGUF LoRA adapter file."""
     from lora_core import read_adapter
-
-    from .gguf_lora import write_gguf_lora
+    from philora.deploy.gguf_lora import write_gguf_lora
 
     if args.adapter and Path(args.adapter).is_dir():
-        raise DeployError(f"--adapter {args.adapter}: gguf-lora reads philora adapter files (.safetensors); for a PEFT "
-                          f"directory use --format gguf (merged) or llama.cpp's convert_lora_to_gguf.py")
+        raise DeployError(
+            f"--adapter {args.adapter}: gguf-lora reads philora adapter files (.safetensors); for a PEFT "
+            f"directory use --format gguf (merged) or llama.cpp's convert_lora_to_gguf.py"
+        )
     tensors, config = read_adapter(args.adapter or run.adapter_file)
     config = dict(run.lora or {}, **config)
     write_gguf_lora(tensors, config, base_config(run), out, dtype=args.dtype or "f32", name=_name(run, args))
@@ -89,11 +97,12 @@ def load_dense(run, args, *, merged: bool):
 
 def export_gguf(run, args, out: Path) -> str:
     """The merged model (or the base with --base-only) as one complete GGUF."""
-    from .gguf_model import write_gguf_model
+    from philora.deploy.gguf_model import write_gguf_model
 
     model = load_dense(run, args, merged=not args.base_only)
-    write_gguf_model(model, tokenizer_dir(run), out, dtype=args.dtype or "f16", name=_name(run, args),
-                     card_dir=_card_dir(run))
+    write_gguf_model(
+        model, tokenizer_dir(run), out, dtype=args.dtype or "f16", name=_name(run, args), card_dir=_card_dir(run)
+    )
     what = "base model" if args.base_only else "merged model"
     return f"GGUF {what} written to {out}: llama-cli -m {out}"
 
@@ -101,8 +110,7 @@ def export_gguf(run, args, out: Path) -> str:
 def stop_strings(run, template: str | None) -> list[str]:
     """Stop strings for the Modelfile: the run's stop tokens as text, then the template's turn markers."""
     import phi_models
-
-    from .ollama import TURN_STOPS
+    from philora.deploy.ollama import TURN_STOPS
 
     tokenizer = phi_models.load_tokenizer(run.tokenizer or run.base_model, revision=run.revision)
     ids = list(run.stop_token_ids or tokenizer.stop_token_ids)
@@ -123,9 +131,8 @@ def ollama_template(run) -> str | None:
 def export_ollama(run, args, out: Path) -> str:
     """GGUF files (base + adapter, or merged with --merged) and a Modelfile in a new directory."""
     from lora_core import atomic_write
-
-    from .gguf_model import write_gguf_model
-    from .ollama import modelfile, template_for
+    from philora.deploy.gguf_model import write_gguf_model
+    from philora.deploy.ollama import modelfile, template_for
 
     template = ollama_template(run)
     template_for(template)  # refuse a template Ollama cannot express before the slow part
@@ -133,36 +140,58 @@ def export_ollama(run, args, out: Path) -> str:
     dtype = args.dtype or "f16"
     if args.merged:
         model_file, adapter_file = "model.gguf", None
-        write_gguf_model(load_dense(run, args, merged=True), tokenizer_dir(run), out / model_file, dtype=dtype,
-                         name=_name(run, args), card_dir=_card_dir(run))
+        write_gguf_model(
+            load_dense(run, args, merged=True),
+            tokenizer_dir(run),
+            out / model_file,
+            dtype=dtype,
+            name=_name(run, args),
+            card_dir=_card_dir(run),
+        )
     else:
         model_file, adapter_file = "base.gguf", "adapter.gguf"
         lora_args = argparse.Namespace(**dict(vars(args), dtype=dtype))
         export_gguf_lora(run, lora_args, out / adapter_file)
-        write_gguf_model(load_dense(run, args, merged=False), tokenizer_dir(run), out / model_file, dtype=dtype,
-                         name=_name(run, args), card_dir=_card_dir(run))
-    text = modelfile(model_file=model_file, adapter_file=adapter_file, template=template,
-                     stops=stop_strings(run, template), system=args.system)
+        write_gguf_model(
+            load_dense(run, args, merged=False),
+            tokenizer_dir(run),
+            out / model_file,
+            dtype=dtype,
+            name=_name(run, args),
+            card_dir=_card_dir(run),
+        )
+    text = modelfile(
+        model_file=model_file,
+        adapter_file=adapter_file,
+        template=template,
+        stops=stop_strings(run, template),
+        system=args.system,
+    )
     atomic_write(out / "Modelfile", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return f"Ollama model written to {out}: cd {out} && ollama create {shlex.quote(_name(run, args))} -f Modelfile"
 
 
 def vllm_command(run, name: str) -> str:
     """``vllm serve BASE --enable-lora --lora-modules NAME=DIR --max-lora-rank R`` for the run's PEFT export."""
-    from .checks import vllm_max_lora_rank
+    from philora.deploy.checks import vllm_max_lora_rank
 
     if run.peft_dir is None:
-        raise DeployError(f"{run.path}: the run has no PEFT export (peft/); write one with "
-                          f"`philora export {run.path} --format peft --out DIR`")
+        raise DeployError(
+            f"{run.path}: the run has no PEFT export (peft/); write one with "
+            f"`philora export {run.path} --format peft --out DIR`"
+        )
     config = json.loads((Path(run.peft_dir) / "adapter_config.json").read_text(encoding="utf-8"))
     rank = max([int(config.get("r", 0)), *(int(v) for v in (config.get("rank_pattern") or {}).values())])
     max_rank = vllm_max_lora_rank(rank)
     if max_rank is None:
-        raise DeployError(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank; see `philora check "
-                          f"{run.path} --target vllm`")
+        raise DeployError(
+            f"LoRA rank {rank} is above vLLM's largest --max-lora-rank; see `philora check {run.path} --target vllm`"
+        )
     base = run.base_model_repo or run.base_model
-    return (f"vllm serve {shlex.quote(str(base))} --enable-lora --lora-modules "
-            f"{shlex.quote(name)}={shlex.quote(str(Path(run.peft_dir).resolve()))} --max-lora-rank {max_rank}")
+    return (
+        f"vllm serve {shlex.quote(str(base))} --enable-lora --lora-modules "
+        f"{shlex.quote(name)}={shlex.quote(str(Path(run.peft_dir).resolve()))} --max-lora-rank {max_rank}"
+    )
 
 
 def export_vllm(run, args, out: Path | None) -> str:

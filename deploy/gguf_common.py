@@ -13,8 +13,7 @@ import numpy as np
 import torch
 
 from phi_models import PhiConfig
-
-from .errors import DeployError
+from philora.deploy.errors import DeployError
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -24,7 +23,9 @@ def require_gguf():
     try:
         import gguf
     except ImportError:
-        raise DeployError("writing GGUF needs the gguf package: pip install 'philora[gguf]' (or pip install gguf)") from None
+        raise DeployError(
+            "writing GGUF needs the gguf package: pip install 'philora[gguf]' (or pip install gguf)"
+        ) from None
     return gguf
 
 
@@ -35,14 +36,16 @@ def gguf_arch(config: PhiConfig):
 
 
 def tensor_namer(config: PhiConfig):
-    """A function HF tensor name ('model.layers.0.self_attn.q_proj.weight') -> llama.cpp name ('blk.0.attn_q.weight')."""
+    """A function: HF tensor name ('model.layers.0.self_attn.q_proj.weight') -> llama.cpp's ('blk.0.attn_q.weight')."""
     gguf = require_gguf()
     mapping = gguf.get_tensor_name_map(gguf_arch(config), config.num_hidden_layers)
 
     def name(hf_name: str) -> str:
         found = mapping.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if found is None:
-            raise DeployError(f"{hf_name} has no llama.cpp tensor name for {config.model_type}; cannot write it to GGUF")
+            raise DeployError(
+                f"{hf_name} has no llama.cpp tensor name for {config.model_type}; cannot write it to GGUF"
+            )
         return found
 
     return name
@@ -76,8 +79,12 @@ def tensor_qtype(gguf_name: str, ndim: int, ftype):
     q = gguf.GGMLQuantizationType
     if ndim <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith((".weight", ".lora_a", ".lora_b")):
         return q.F32
-    return {gguf.LlamaFileType.ALL_F32: q.F32, gguf.LlamaFileType.MOSTLY_F16: q.F16,
-            gguf.LlamaFileType.MOSTLY_BF16: q.BF16, gguf.LlamaFileType.MOSTLY_Q8_0: q.Q8_0}[ftype]
+    return {
+        gguf.LlamaFileType.ALL_F32: q.F32,
+        gguf.LlamaFileType.MOSTLY_F16: q.F16,
+        gguf.LlamaFileType.MOSTLY_BF16: q.BF16,
+        gguf.LlamaFileType.MOSTLY_Q8_0: q.Q8_0,
+    }[ftype]
 
 
 def add_general_metadata(writer, name: str, card_dir: Path | None, total_params: int, *, size_label: bool) -> None:

@@ -20,10 +20,17 @@ from typing import Any
 import torch
 
 from phi_models import PhiConfig
-
-from .gguf_common import (add_general_metadata, encode_tensor, file_type, gguf_arch, require_gguf, tensor_namer,
-                          tensor_qtype, write_file)
-from .lora_pieces import LoraPiece, hf_pieces
+from philora.deploy.gguf_common import (
+    add_general_metadata,
+    encode_tensor,
+    file_type,
+    gguf_arch,
+    require_gguf,
+    tensor_namer,
+    tensor_qtype,
+    write_file,
+)
+from philora.deploy.lora_pieces import LoraPiece, hf_pieces
 
 
 def file_alpha(pieces: list[LoraPiece]) -> float:
@@ -46,8 +53,16 @@ def llama_cpp_factors(pieces: list[LoraPiece]) -> tuple[float, list[tuple[LoraPi
     return alpha, stored
 
 
-def write_gguf_lora(tensors: dict[str, torch.Tensor], lora_config: dict[str, Any], config: PhiConfig, out: Path, *,
-                    dtype: str = "f32", name: str | None = None, card_dir: Path | None = None) -> Path:
+def write_gguf_lora(
+    tensors: dict[str, torch.Tensor],
+    lora_config: dict[str, Any],
+    config: PhiConfig,
+    out: Path,
+    *,
+    dtype: str = "f32",
+    name: str | None = None,
+    card_dir: Path | None = None,
+) -> Path:
     """Write our adapter (``tensors``, ``lora_config`` as read by lora_core.read_adapter) for a base of ``config``.
 
     ``name``/``card_dir`` feed general.* like the converter's adapter directory does (its name, its README

@@ -14,11 +14,18 @@ from pathlib import Path
 import torch
 
 from phi_models import PhiConfig
-
-from .errors import DeployError
-from .gguf_common import (add_general_metadata, encode_tensor, file_type, gguf_arch, require_gguf, tensor_namer,
-                          tensor_qtype, write_file)
-from .gguf_vocab import add_vocab
+from philora.deploy.errors import DeployError
+from philora.deploy.gguf_common import (
+    add_general_metadata,
+    encode_tensor,
+    file_type,
+    gguf_arch,
+    require_gguf,
+    tensor_namer,
+    tensor_qtype,
+    write_file,
+)
+from philora.deploy.gguf_vocab import add_vocab
 
 
 def hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -26,8 +33,9 @@ def hf_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     config: PhiConfig = model.config
     leftover = [n for n, _ in model.named_parameters() if "lora_" in n]
     if leftover:
-        raise DeployError(f"the model still has LoRA layers ({leftover[0]} ...): merge them first "
-                          f"(lora_core.merge_and_unload)")
+        raise DeployError(
+            f"the model still has LoRA layers ({leftover[0]} ...): merge them first (lora_core.merge_and_unload)"
+        )
     out: dict[str, torch.Tensor] = {}
     for name, tensor in model.state_dict().items():
         if name.endswith("rotary_emb.inv_freq") or ".rotary_emb." in name:
@@ -82,12 +90,21 @@ def longrope_tensors(writer, config: PhiConfig) -> list[tuple[str, torch.Tensor]
     # llama.cpp's converter derives the factor from the lengths; so do we, so llama.cpp computes what we do.
     writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0)
     names = gguf.TENSOR_NAMES
-    return [(names[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight", torch.tensor(config.long_factor)),
-            (names[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight", torch.tensor(config.short_factor))]
+    return [
+        (names[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight", torch.tensor(config.long_factor)),
+        (names[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight", torch.tensor(config.short_factor)),
+    ]
 
 
-def write_gguf_model(model: torch.nn.Module, tokenizer_dir: Path, out: Path, *, dtype: str = "f16",
-                     name: str | None = None, card_dir: Path | None = None) -> Path:
+def write_gguf_model(
+    model: torch.nn.Module,
+    tokenizer_dir: Path,
+    out: Path,
+    *,
+    dtype: str = "f16",
+    name: str | None = None,
+    card_dir: Path | None = None,
+) -> Path:
     """Write ``model`` (ours, LoRA merged or none) with the tokenizer files in ``tokenizer_dir`` as one GGUF.
 
     ``dtype`` f32/f16/bf16/q8_0 applies to the 2-D weights (norms, biases and rope factors stay f32).

@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from phi_models import PhiConfig
-
-from .errors import DeployError
-from .gguf_common import require_gguf
+from philora.deploy.errors import DeployError
+from philora.deploy.gguf_common import require_gguf
 
 # The text llama.cpp hashes the token ids of to recognise a BPE pre-tokenizer (convert_hf_to_gguf.py).
-_CHECK_TEXT = ("\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) "
-               "✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "
-               "------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, "
-               "'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL")
+_CHECK_TEXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) "
+    "✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "
+    "------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, "
+    "'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
+)
 # sha256 of str(ids of _CHECK_TEXT) -> llama.cpp pre-tokenizer name, for the tokenizers Phi models ship with.
 _KNOWN_PRE = {
     "fcace8b9cac38ce847670c970cd5892031a753a1ef381abd1d9af00f713da085": "phi-2",
@@ -184,9 +185,11 @@ def llama_tokens(config: PhiConfig, tokenizer_dir: Path) -> tuple[list[bytes], l
     """(tokens, scores, types) of a Phi-3 SentencePiece vocabulary plus its added tokens, padded to the vocab."""
     model_file = tokenizer_dir / "tokenizer.model"
     if not model_file.is_file():
-        raise DeployError(f"{tokenizer_dir}: no tokenizer.model; a Phi-3 GGUF takes its token scores from the "
-                          f"SentencePiece model (llama.cpp's converter needs it too): put the base model's "
-                          f"tokenizer.model there")
+        raise DeployError(
+            f"{tokenizer_dir}: no tokenizer.model; a Phi-3 GGUF takes its token scores from the "
+            f"SentencePiece model (llama.cpp's converter needs it too): put the base model's "
+            f"tokenizer.model there"
+        )
     size = config.vocab_size
     tokens = [f"[PAD{i}]".encode() for i in range(size)]
     scores, types = [-10000.0] * size, [_UNUSED] * size

@@ -23,8 +23,7 @@ from typing import Any
 import torch
 
 from phi_models import PhiConfig
-
-from .errors import DeployError
+from philora.deploy.errors import DeployError
 
 _EMBEDDING_MODULES = ("model.embed_tokens", "lm_head")
 
@@ -63,17 +62,23 @@ def refusal_reasons(tensors: dict[str, torch.Tensor], lora_config: dict[str, Any
     """Why an adapter has no plain-LoRA form (DoRA, embedding/lm_head LoRA, extra tensors); empty when it has one."""
     reasons = []
     if lora_config.get("use_dora") or any(k.endswith("lora_magnitude_vector") for k in tensors):
-        reasons.append("the adapter uses DoRA (a learned magnitude per output row), which is not a plain "
-                       "low-rank update; train without DoRA, or export the merged model instead")
+        reasons.append(
+            "the adapter uses DoRA (a learned magnitude per output row), which is not a plain "
+            "low-rank update; train without DoRA, or export the merged model instead"
+        )
     modules = {key.rpartition(".")[0] for key in tensors}
     for name in sorted(m for m in modules if m in _EMBEDDING_MODULES or m.endswith(".embed_tokens")):
-        reasons.append(f"the adapter has LoRA on {name} (an embedding/lm_head adapter); leave {name} out of "
-                       f"the targets, or export the merged model instead")
+        reasons.append(
+            f"the adapter has LoRA on {name} (an embedding/lm_head adapter); leave {name} out of "
+            f"the targets, or export the merged model instead"
+        )
     extra = sorted(k for k in tensors if not k.endswith((".lora_A", ".lora_B", ".lora_magnitude_vector")))
     if extra:
-        reasons.append(f"the adapter holds tensors that are not LoRA factors ({', '.join(extra[:3])}"
-                       f"{' ...' if len(extra) > 3 else ''}: trained biases or saved modules); export the merged "
-                       f"model instead")
+        reasons.append(
+            f"the adapter holds tensors that are not LoRA factors ({', '.join(extra[:3])}"
+            f"{' ...' if len(extra) > 3 else ''}: trained biases or saved modules); export the merged "
+            f"model instead"
+        )
     return reasons
 
 
@@ -103,8 +108,10 @@ def hf_pieces(tensors: dict[str, torch.Tensor], lora_config: dict[str, Any], con
         slices = fused_slices(module, config)
         chosen = enabled_slices(module, slices, adapted) if slices else None
         if slices and chosen is None and A.shape[0] != r:
-            raise DeployError(f"{module}: lora_A has {A.shape[0]} rows but r={r} and the adapter config's "
-                              f"'adapted' names none of its slices; the adapter config does not match its tensors")
+            raise DeployError(
+                f"{module}: lora_A has {A.shape[0]} rows but r={r} and the adapter config's "
+                f"'adapted' names none of its slices; the adapter config does not match its tensors"
+            )
         if slices is None or (chosen is None and config.model_type == "phi3"):
             pieces.append(LoraPiece(module, A, B, scale))  # an HF module as it is
         elif config.model_type == "phi3":
@@ -127,8 +134,15 @@ def block_b(B: torch.Tensor, slices: dict[str, int], chosen: list[str], r: int) 
     return out
 
 
-def split_phi_qkv(module: str, A: torch.Tensor, B: torch.Tensor, slices: dict[str, int], chosen: list[str] | None,
-                  r: int, scale: float) -> list[LoraPiece]:
+def split_phi_qkv(
+    module: str,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    slices: dict[str, int],
+    chosen: list[str] | None,
+    r: int,
+    scale: float,
+) -> list[LoraPiece]:
     """phi-1.5/2's fused qkv LoRA as HF's separate q_proj/k_proj/v_proj pieces."""
     parent = module.rpartition(".")[0]
     pieces, row, b_row, group = [], 0, 0, 0

@@ -9,9 +9,8 @@ the phi4-mini ``tools`` system field has no Ollama counterpart.
 
 from __future__ import annotations
 
-from data.templates import ALPACA_PREAMBLE, ALPACA_PREAMBLE_INPUT
-
-from .errors import DeployError
+from philora.data.templates import ALPACA_PREAMBLE, ALPACA_PREAMBLE_INPUT
+from philora.deploy.errors import DeployError
 
 
 def _go_string(text: str) -> str:
@@ -27,9 +26,11 @@ def _role_loop(turn: str, prompt: str, skip_empty_system: bool = False) -> str:
     return "{{ range .Messages }}" + body + "{{ end }}" + prompt
 
 
-_ALPACA = ("{{ if .System }}" + ALPACA_PREAMBLE_INPUT + "### Instruction:\n{{ .System }}\n\n### Input:\n{{ .Prompt }}"
-           "\n\n### Response:\n{{ else }}" + ALPACA_PREAMBLE + "### Instruction:\n{{ .Prompt }}\n\n### Response:\n"
-           "{{ end }}")
+_ALPACA = (
+    "{{ if .System }}" + ALPACA_PREAMBLE_INPUT + "### Instruction:\n{{ .System }}\n\n### Input:\n{{ .Prompt }}"
+    "\n\n### Response:\n{{ else }}" + ALPACA_PREAMBLE + "### Instruction:\n{{ .Prompt }}\n\n### Response:\n"
+    "{{ end }}"
+)
 
 TEMPLATES: dict[str, str] = {
     "phi3": _role_loop("<|{{ .Role }}|>\n{{ .Content }}<|end|>\n", "<|assistant|>\n"),
@@ -37,16 +38,22 @@ TEMPLATES: dict[str, str] = {
     "phi4-mini": _role_loop("<|{{ .Role }}|>{{ .Content }}<|end|>", "<|assistant|>"),
     "phi4": _role_loop("<|im_start|>{{ .Role }}<|im_sep|>{{ .Content }}<|im_end|>", "<|im_start|>assistant<|im_sep|>"),
     "roleplay": _role_loop("<|{{ .Role }}|>\n{{ .Content }}\n", "<|assistant|>\n"),
-    "human_assistant": _role_loop('{{ if eq .Role "system" }}{{ .Content }}\n\n{{ else if eq .Role "user" }}'
-                                  "### Human: {{ .Content }}{{ else }}### Assistant: {{ .Content }}{{ end }}",
-                                  "### Assistant:"),
+    "human_assistant": _role_loop(
+        '{{ if eq .Role "system" }}{{ .Content }}\n\n{{ else if eq .Role "user" }}'
+        "### Human: {{ .Content }}{{ else }}### Assistant: {{ .Content }}{{ end }}",
+        "### Assistant:",
+    ),
     # A user turn after an earlier turn starts on a new line ($seen: a user or assistant turn came before).
-    "instruct": ("{{ $seen := false }}{{ range .Messages }}{{ if eq .Role \"system\" }}{{ .Content }}\n"
-                 "{{ else if eq .Role \"user\" }}{{ if $seen }}\n{{ end }}Instruct: {{ .Content }}{{ $seen = true }}"
-                 "{{ else }}\nOutput: {{ .Content }}{{ $seen = true }}{{ end }}{{ end }}\nOutput:"),
+    "instruct": (
+        '{{ $seen := false }}{{ range .Messages }}{{ if eq .Role "system" }}{{ .Content }}\n'
+        '{{ else if eq .Role "user" }}{{ if $seen }}\n{{ end }}Instruct: {{ .Content }}{{ $seen = true }}'
+        "{{ else }}\nOutput: {{ .Content }}{{ $seen = true }}{{ end }}{{ end }}\nOutput:"
+    ),
     "alpaca": _ALPACA,
-    "instruction": ("{{ if .System }}### Instruction: {{ .System }}\n\n### Input:\n{{ .Prompt }}\n\n### Response:\n"
-                    "{{ else }}### Instruction: {{ .Prompt }}\n\n### Response:\n{{ end }}"),
+    "instruction": (
+        "{{ if .System }}### Instruction: {{ .System }}\n\n### Input:\n{{ .Prompt }}\n\n### Response:\n"
+        "{{ else }}### Instruction: {{ .Prompt }}\n\n### Response:\n{{ end }}"
+    ),
     "plain": "{{ range .Messages }}{{ .Content }}{{ end }}",
 }
 
@@ -72,8 +79,14 @@ def template_for(name: str | None) -> str:
     return TEMPLATES[name]
 
 
-def modelfile(*, model_file: str, template: str | None, stops: list[str], adapter_file: str | None = None,
-              system: str | None = None) -> str:
+def modelfile(
+    *,
+    model_file: str,
+    template: str | None,
+    stops: list[str],
+    adapter_file: str | None = None,
+    system: str | None = None,
+) -> str:
     """Modelfile text: FROM, ADAPTER, TEMPLATE, one PARAMETER stop per stop string, SYSTEM when given."""
     lines = [f"FROM ./{model_file}"]
     if adapter_file:
@@ -81,7 +94,7 @@ def modelfile(*, model_file: str, template: str | None, stops: list[str], adapte
     if template is not None:
         body = template_for(template)
         if '"""' in body:
-            raise DeployError(f"template {template!r} contains \"\"\", which a Modelfile cannot quote")
+            raise DeployError(f'template {template!r} contains """, which a Modelfile cannot quote')
         lines.append(f'TEMPLATE """{body}"""')
     for stop in dict.fromkeys(s for s in stops if s):
         lines.append(f"PARAMETER stop {_go_string(stop)}")

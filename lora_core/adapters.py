@@ -6,18 +6,19 @@ adapter lives in the layer's `lora_adapters` ModuleDict as an `AdapterSlot` (sta
 `<layer>.lora_adapters.<name>.lora_A`, ...). Forward adds every active, unmerged adapter's low-rank
 output; `adapter_rows` sends each row of a batch through its own adapter.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterator, List, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
-from .base import DEFAULT_ADAPTER, LoRALayer, default_lora_dtype
-from .dropout import LoRADropout
-from .errors import LoRAError
+from lora_core.base import DEFAULT_ADAPTER, LoRALayer, default_lora_dtype
+from lora_core.dropout import LoRADropout
+from lora_core.errors import LoRAError
 
 SLOT_KINDS = ("linear", "sliced", "embedding", "conv")
 
@@ -50,13 +51,22 @@ class AdapterSlot(nn.Module):
         return f"kind={self.kind}, r={self.r}, lora_alpha={self.lora_alpha}, scaling={self.scaling:.4g}"
 
 
-def new_slot(layer: LoRALayer, r: int, lora_alpha: float, lora_dropout: float, *, use_rslora: bool = False,
-             lora_dtype: Optional[torch.dtype] = None, enable_lora: Optional[Sequence[bool]] = None,
-             slice_sizes: Optional[Sequence[int]] = None) -> AdapterSlot:
+def new_slot(
+    layer: LoRALayer,
+    r: int,
+    lora_alpha: float,
+    lora_dropout: float,
+    *,
+    use_rslora: bool = False,
+    lora_dtype: torch.dtype | None = None,
+    enable_lora: Sequence[bool] | None = None,
+    slice_sizes: Sequence[int] | None = None,
+) -> AdapterSlot:
     """A freshly initialised slot shaped for `layer` (A Kaiming-uniform, B zeros; embeddings the
     other way round, as loralib), not yet attached."""
-    from .layers import Embedding, create_conv_lora_parameters
-    from .merged import MergedLinear
+    from lora_core.layers import Embedding, create_conv_lora_parameters
+    from lora_core.merged import MergedLinear
+
     if isinstance(layer, Embedding):
         kind = "embedding"
     elif isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or hasattr(layer, "conv"):
@@ -96,7 +106,8 @@ def attach_slot(layer: LoRALayer, name: str, slot: AdapterSlot) -> None:
 
 def slot_delta_weight(layer: LoRALayer, slot: AdapterSlot) -> torch.Tensor:
     """The slot's scaled update in the layer's base-weight layout, in the LoRA dtype."""
-    from .merged import block_lora_B
+    from lora_core.merged import block_lora_B
+
     if slot.kind == "embedding":
         return (slot.lora_B @ slot.lora_A).transpose(0, 1) * slot.scaling  # (dim, num) -> (num, dim)
     if slot.kind == "conv":
@@ -110,8 +121,9 @@ def slot_delta_weight(layer: LoRALayer, slot: AdapterSlot) -> torch.Tensor:
 
 def slot_output(layer: LoRALayer, slot: AdapterSlot, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The slot's contribution to the layer's output for input x, in `dtype`."""
-    from .layers import embedding_low_rank_output, low_rank_output
-    from .merged import sliced_low_rank_output
+    from lora_core.layers import embedding_low_rank_output, low_rank_output
+    from lora_core.merged import sliced_low_rank_output
+
     if slot.kind == "linear":
         return low_rank_output(slot, x, dtype)
     if slot.kind == "sliced":
@@ -136,13 +148,13 @@ def add_adapter_outputs(layer: LoRALayer, x: torch.Tensor, result: torch.Tensor)
 
 
 # ----- model level ------------------------------------------------------------------------------
-def _layers(model: nn.Module) -> List[LoRALayer]:
+def _layers(model: nn.Module) -> list[LoRALayer]:
     return [m for m in model.modules() if isinstance(m, LoRALayer)]
 
 
-def adapter_names(model: nn.Module) -> List[str]:
+def adapter_names(model: nn.Module) -> list[str]:
     """Every adapter name carried by some layer of `model`, in first-seen order."""
-    seen: Dict[str, None] = {}
+    seen: dict[str, None] = {}
     for layer in _layers(model):
         for name in layer.adapter_names():
             seen.setdefault(name, None)
@@ -152,12 +164,14 @@ def adapter_names(model: nn.Module) -> List[str]:
 def check_adapter_name(name) -> str:
     """`name` if it can name an adapter (a non-empty str of letters, digits, '_' or '-'), else LoRAError."""
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "_-" for c in name):
-        raise LoRAError(f"adapter_name={name!r} must be a non-empty string of letters, digits, '_' or '-', "
-                        f"e.g. 'default' or 'roleplay'")
+        raise LoRAError(
+            f"adapter_name={name!r} must be a non-empty string of letters, digits, '_' or '-', "
+            f"e.g. 'default' or 'roleplay'"
+        )
     return name
 
 
-def check_adapter_names(model: nn.Module, names) -> List[str]:
+def check_adapter_names(model: nn.Module, names) -> list[str]:
     """`names` (a str or a list of str) as a list, each carried by `model`; otherwise LoRAError."""
     if isinstance(names, str):
         names = [names]
@@ -170,14 +184,14 @@ def check_adapter_names(model: nn.Module, names) -> List[str]:
     return list(names)
 
 
-def _remerge(layer: LoRALayer, names: List[str]) -> None:
+def _remerge(layer: LoRALayer, names: list[str]) -> None:
     # Merge state depends on which adapters are folded in: rebuild it from the pristine weight.
     layer.unmerge()
     if names:
         layer.merge(names)
 
 
-def set_active_adapters(model: nn.Module, names: Optional[Sequence[str]]) -> List[str]:
+def set_active_adapters(model: nn.Module, names: Sequence[str] | None) -> list[str]:
     """Make exactly `names` run in forward (None: every adapter; [] : the base model). Merged
     adapters that become inactive are unmerged. Returns the active names (all of them for None)."""
     layers = _layers(model)
@@ -195,7 +209,7 @@ def set_active_adapters(model: nn.Module, names: Optional[Sequence[str]]) -> Lis
     return list(names)
 
 
-def active_adapters(model: nn.Module) -> List[str]:
+def active_adapters(model: nn.Module) -> list[str]:
     """The names `set_active_adapters` chose (every adapter when it has not been called)."""
     chosen = getattr(model, "lora_active_adapters", None)
     return adapter_names(model) if chosen is None else list(chosen)
@@ -235,27 +249,33 @@ def delete_adapter(model: nn.Module, name: str) -> int:
     return count
 
 
-def _check_rows(model: nn.Module, names_per_row) -> List[Optional[str]]:
+def _check_rows(model: nn.Module, names_per_row) -> list[str | None]:
     if not isinstance(names_per_row, (list, tuple)) or not names_per_row:
-        raise LoRAError(f"names_per_row={names_per_row!r} must be a non-empty list with one adapter name "
-                        f"(or None for the base model) per batch row")
+        raise LoRAError(
+            f"names_per_row={names_per_row!r} must be a non-empty list with one adapter name "
+            f"(or None for the base model) per batch row"
+        )
     known = adapter_names(model)
     for name in names_per_row:
         if name is not None and (not isinstance(name, str) or name not in known):
-            raise LoRAError(f"names_per_row names adapter {name!r}, which is not on this model; "
-                            f"its adapters: {known or 'none'} (None = base model)")
+            raise LoRAError(
+                f"names_per_row names adapter {name!r}, which is not on this model; "
+                f"its adapters: {known or 'none'} (None = base model)"
+            )
     return list(names_per_row)
 
 
-def _row_forward(layer: LoRALayer, forward, rows: List[Optional[str]]):
-    groups: Dict[Optional[str], List[int]] = {}
+def _row_forward(layer: LoRALayer, forward, rows: list[str | None]):
+    groups: dict[str | None, list[int]] = {}
     for index, name in enumerate(rows):
         groups.setdefault(name, []).append(index)
 
     def run(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if x.dim() == 0 or x.shape[0] != len(rows):
-            raise LoRAError(f"adapter_rows was given {len(rows)} rows, but a LoRA layer got input of shape "
-                            f"{tuple(x.shape)} (batch first expected); pass one name per batch row")
+            raise LoRAError(
+                f"adapter_rows was given {len(rows)} rows, but a LoRA layer got input of shape "
+                f"{tuple(x.shape)} (batch first expected); pass one name per batch row"
+            )
         saved = layer.active_adapters
         try:
             if len(groups) == 1:
@@ -273,11 +293,12 @@ def _row_forward(layer: LoRALayer, forward, rows: List[Optional[str]]):
         # Rows come out grouped by adapter: put each back at its batch position.
         inverse = torch.argsort(torch.tensor(order, device=outputs[0].device))
         return torch.cat(outputs, dim=0).index_select(0, inverse)
+
     return run
 
 
 @contextlib.contextmanager
-def adapter_rows(model: nn.Module, names_per_row: Sequence[Optional[str]]) -> Iterator[nn.Module]:
+def adapter_rows(model: nn.Module, names_per_row: Sequence[str | None]) -> Iterator[nn.Module]:
     """Inside the block, row b of every batch goes through adapter names_per_row[b] alone (None:
     the base model), as if that row ran by itself with only that adapter active. Merged layers are
     unmerged for the duration (and merged again after). Every LoRA layer must see batch-first input

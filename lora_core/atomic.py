@@ -1,9 +1,10 @@
 """Atomic file writes: write to a temporary file beside the target, then rename over it."""
+
 import os
 import tempfile
-from typing import Callable, Union
+from collections.abc import Callable
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 def _umask() -> int:

@@ -1,19 +1,20 @@
 """LoRALayer: the state and the exact merge/unmerge machinery shared by every LoRA layer."""
+
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 
-from .dropout import LoRADropout
-from .errors import LoRAError
+from lora_core.dropout import LoRADropout
+from lora_core.errors import LoRAError
 
 DEFAULT_ADAPTER = "default"  # the adapter stored in loralib's own lora_A / lora_B parameters
 
 
-def default_lora_dtype(weight_dtype: torch.dtype, lora_dtype: Optional[torch.dtype] = None) -> torch.dtype:
+def default_lora_dtype(weight_dtype: torch.dtype, lora_dtype: torch.dtype | None = None) -> torch.dtype:
     """The dtype for new LoRA parameters: `lora_dtype` if given, else the base weight's dtype
     widened to at least fp32 (LoRA factors train in fp32 over bf16/fp16/4-bit bases)."""
     if lora_dtype is not None:
@@ -64,7 +65,7 @@ class LoRALayer:
         return self.r > 0 and hasattr(self, "lora_A")
 
     # ----- named adapters (see adapters.py) -------------------------------------------
-    def adapter_names(self) -> List[str]:
+    def adapter_names(self) -> list[str]:
         """Names of the adapters this layer carries: DEFAULT_ADAPTER (the loralib `lora_A`/`lora_B`
         parameters) when present, then the extra named adapters in `lora_adapters`."""
         names = [DEFAULT_ADAPTER] if self.has_lora() else []
@@ -83,8 +84,12 @@ class LoRALayer:
     def lora_active(self) -> bool:
         """True when forward must add the default adapter's low-rank path (present, active, not
         merged, not disabled)."""
-        return (self.has_lora() and not self.adapters_disabled and DEFAULT_ADAPTER not in self.merged_adapters
-                and self.adapter_is_active(DEFAULT_ADAPTER))
+        return (
+            self.has_lora()
+            and not self.adapters_disabled
+            and DEFAULT_ADAPTER not in self.merged_adapters
+            and self.adapter_is_active(DEFAULT_ADAPTER)
+        )
 
     # ----- merging -------------------------------------------------------------------
     def _weight_owner(self) -> nn.Module:
@@ -95,7 +100,7 @@ class LoRALayer:
         """The scaled low-rank update in the base weight's layout, in the LoRA dtype."""
         raise NotImplementedError
 
-    def _resolve_merge_names(self, adapter_names: Optional[Sequence[str]]) -> List[str]:
+    def _resolve_merge_names(self, adapter_names: Sequence[str] | None) -> list[str]:
         # None: the adapters forward runs now (present and active); else the named ones present here.
         present = self.adapter_names()
         if adapter_names is None:
@@ -108,10 +113,11 @@ class LoRALayer:
         wide = torch.promote_types(base.dtype, delta.dtype)
         return (base.to(wide) + delta.to(wide)).to(base.dtype)
 
-    def merged_weight(self, base: torch.Tensor, adapter_names: Optional[Sequence[str]] = None) -> torch.Tensor:
+    def merged_weight(self, base: torch.Tensor, adapter_names: Sequence[str] | None = None) -> torch.Tensor:
         """base with the given adapters' updates added (default: the active ones), each sum in the
         wider dtype, returned in base's dtype."""
-        from .adapters import slot_delta_weight
+        from lora_core.adapters import slot_delta_weight
+
         merged = base
         for name in self._resolve_merge_names(adapter_names):
             if name == DEFAULT_ADAPTER:
@@ -122,7 +128,7 @@ class LoRALayer:
             merged = (merged.to(wide) + delta.to(wide)).to(base.dtype)
         return merged
 
-    def _fold_in(self, names: List[str]) -> None:
+    def _fold_in(self, names: list[str]) -> None:
         """Write the merged weight for `names` into the base weight, keeping the pristine tensor."""
         weight = self._weight_owner().weight
         with torch.no_grad():
@@ -131,7 +137,7 @@ class LoRALayer:
             self._weight_before_merge = weight.data
         weight.data = merged
 
-    def merge(self, adapter_names: Optional[Sequence[str]] = None) -> None:
+    def merge(self, adapter_names: Sequence[str] | None = None) -> None:
         """Fold adapters into the base weight (default: the active ones; a list merges just those).
         Exact: `unmerge` restores the pristine tensor."""
         if self.adapters_disabled:

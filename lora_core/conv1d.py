@@ -6,6 +6,7 @@ update transposed before it meets the (in, out) weight. transformers is imported
 model already uses it; the LoRA class is built on first use (`LoRAConv1D`, reachable as an
 attribute of this module so pickled models load again).
 """
+
 from __future__ import annotations
 
 import sys
@@ -13,9 +14,9 @@ import sys
 import torch
 import torch.nn as nn
 
-from .adapters import add_adapter_outputs
-from .base import LoRALayer
-from .layers import Linear, low_rank_output
+from lora_core.adapters import add_adapter_outputs
+from lora_core.base import LoRALayer
+from lora_core.layers import Linear, low_rank_output
 
 _CLASSES: dict = {}
 
@@ -62,8 +63,9 @@ class _Conv1DLoRA(LoRALayer):
 def lora_conv1d_class() -> type:
     """The LoRA class for transformers' Conv1D, created once."""
     if "LoRAConv1D" not in _CLASSES:
-        _CLASSES["LoRAConv1D"] = type("LoRAConv1D", (_Conv1DLoRA, conv1d_class()),
-                                      {"__module__": __name__, "__doc__": _Conv1DLoRA.__doc__})
+        _CLASSES["LoRAConv1D"] = type(
+            "LoRAConv1D", (_Conv1DLoRA, conv1d_class()), {"__module__": __name__, "__doc__": _Conv1DLoRA.__doc__}
+        )
     return _CLASSES["LoRAConv1D"]
 
 
@@ -80,5 +82,6 @@ def __getattr__(name: str):
     # Lets pickle find the lazily built class.
     if name == "LoRAConv1D":
         import transformers.pytorch_utils  # noqa: F401
+
         return lora_conv1d_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

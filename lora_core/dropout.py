@@ -14,12 +14,11 @@ loralib constructors (``lora.Linear(..., lora_dropout=0.1)``) keep ``nn.Dropout`
 train bit-identically to loralib, while ``inject`` (lora_core's own API, what training uses) turns
 it on. CUDA and other devices always use ``nn.Dropout``'s own Philox kernel.
 """
-from typing import Tuple
 
 import torch
 import torch.nn as nn
 
-_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
@@ -34,7 +33,7 @@ def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     # random_(from, to) samples [from, to): the full signed range bar one value (2**-64 bias).
     bits = torch.empty((n + 1) // 2, dtype=torch.int64).random_(_INT64_MIN, _INT64_MAX)
     halves = bits.view(torch.int32)[:n].view(shape)  # (ceil(n/2),) int64 -> (n,) int32 -> shape
-    return halves >= -(2 ** 31) + round(p * 2 ** 32)
+    return halves >= -(2**31) + round(p * 2**32)
 
 
 def _zero_dropped(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -52,15 +51,14 @@ class LoRADropout(nn.Dropout):
         self.fast_mask = fast_mask
 
     def _fast(self, x: torch.Tensor) -> bool:
-        return (self.fast_mask and self.training and self.p > 0.0 and not self.inplace
-                and x.device.type == "cpu")
+        return self.fast_mask and self.training and self.p > 0.0 and not self.inplace and x.device.type == "cpu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fast(x):
             return super().forward(x)
         return _zero_dropped(x, keep_mask(x.shape, self.p)).mul_(1.0 / (1.0 - self.p))
 
-    def unscaled(self, x: torch.Tensor) -> Tuple[torch.Tensor, float]:
+    def unscaled(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
         """(x with the dropped elements zeroed, the factor still owed), so ``forward(x) == a * b``.
 
         With ``fast_mask`` off this is ``(forward(x), 1.0)``: nn.Dropout's exact masks and rounding.
@@ -73,9 +71,8 @@ class LoRADropout(nn.Dropout):
         return _zero_dropped(x, keep_mask(x.shape, self.p)), 1.0 / (1.0 - self.p)
 
 
-def dropout_unscaled(dropout: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, float]:
+def dropout_unscaled(dropout: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``dropout`` applied to x as (zeroed x, factor owed); any module works (factor 1 for others)."""
     if isinstance(dropout, LoRADropout):
         return dropout.unscaled(x)
     return dropout(x), 1.0
-

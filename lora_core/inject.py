@@ -1,25 +1,32 @@
 """inject: add LoRA to the matching layers of any PyTorch model, in place."""
+
 from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
-from .adapters import attach_slot, check_adapter_name, new_slot, set_active_adapters
-from .base import DEFAULT_ADAPTER, LoRALayer
-from .conv1d import is_conv1d, make_lora_conv1d
-from .dropout import LoRADropout
-from .errors import LoRAError
-from .layers import (Embedding, InjectedConv1d, InjectedConv2d, InjectedConv3d, Linear,
-                     create_conv_lora_parameters)
-from .merged import MergedLinear
-from .quantized import add_lora_to_linear4bit, bitsandbytes_class, is_linear4bit, lora_class_for
-from .utils import mark_only_lora_as_trainable
+from lora_core.adapters import attach_slot, check_adapter_name, new_slot, set_active_adapters
+from lora_core.base import DEFAULT_ADAPTER, LoRALayer
+from lora_core.conv1d import is_conv1d, make_lora_conv1d
+from lora_core.dropout import LoRADropout
+from lora_core.errors import LoRAError
+from lora_core.layers import (
+    Embedding,
+    InjectedConv1d,
+    InjectedConv2d,
+    InjectedConv3d,
+    Linear,
+    create_conv_lora_parameters,
+)
+from lora_core.merged import MergedLinear
+from lora_core.quantized import add_lora_to_linear4bit, bitsandbytes_class, is_linear4bit, lora_class_for
+from lora_core.utils import mark_only_lora_as_trainable
 
-Targets = Union[str, Sequence[str]]
+Targets = str | Sequence[str]
 
 _CONV_CLASSES = {nn.Conv1d: InjectedConv1d, nn.Conv2d: InjectedConv2d, nn.Conv3d: InjectedConv3d}
 _MAX_LISTED = 40
@@ -39,14 +46,14 @@ def virtual_slice_name(module_name: str, slice_name: str) -> str:
     return f"{parent}.{slice_name}" if parent else slice_name
 
 
-def _compile_regex(pattern: str) -> "re.Pattern":
+def _compile_regex(pattern: str) -> re.Pattern:
     try:
         return re.compile(pattern)
     except re.error as err:
         raise LoRAError(f"target pattern {pattern!r} is not a valid regular expression: {err}") from None
 
 
-def make_matcher(targets: Targets, aliases: Optional[Dict[str, str]] = None) -> Callable[[str], bool]:
+def make_matcher(targets: Targets, aliases: dict[str, str] | None = None) -> Callable[[str], bool]:
     """A predicate over module names. A string is a regex full-matched against the name (PEFT's
     convention); a list matches each item exactly or as a dotted suffix, or as a regex when the
     item starts with 're:'. `aliases` renames the last component of list items."""
@@ -54,8 +61,10 @@ def make_matcher(targets: Targets, aliases: Optional[Dict[str, str]] = None) -> 
         regex = _compile_regex(targets)
         return lambda name: regex.fullmatch(name) is not None
     if not isinstance(targets, (list, tuple, set, frozenset)):
-        raise LoRAError(f"targets={targets!r} must be a regex string, \"all-linear\" or a list of module names, "
-                        f"e.g. ['q_proj', 'v_proj']")
+        raise LoRAError(
+            f'targets={targets!r} must be a regex string, "all-linear" or a list of module names, '
+            f"e.g. ['q_proj', 'v_proj']"
+        )
     items = list(targets)
     if not items or not all(isinstance(t, str) and t for t in items):
         raise LoRAError(f"targets={targets!r} must be a regex string or a non-empty list of module names")
@@ -72,10 +81,11 @@ def make_matcher(targets: Targets, aliases: Optional[Dict[str, str]] = None) -> 
         if name in names or any(name.endswith("." + n) for n in names):
             return True
         return any(regex.fullmatch(name) for regex in regexes)
+
     return matches
 
 
-def _candidates(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> List[Tuple[str, nn.Module]]:
+def _candidates(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> list[tuple[str, nn.Module]]:
     # Plain supported layers, and LoRA layers (of the kinds inject makes) not yet carrying adapter_name.
     found = []
     for name, module in model.named_modules():
@@ -87,7 +97,7 @@ def _candidates(model: nn.Module, adapter_name: str = DEFAULT_ADAPTER) -> List[T
     return found
 
 
-def _describe_candidates(candidates: List[Tuple[str, nn.Module]]) -> str:
+def _describe_candidates(candidates: list[tuple[str, nn.Module]]) -> str:
     lines = []
     for name, module in candidates:
         lines.append(f"{name} ({type(module).__name__})")
@@ -100,26 +110,43 @@ def _describe_candidates(candidates: List[Tuple[str, nn.Module]]) -> str:
     return shown + (f", ... and {more} more" if more > 0 else "")
 
 
-def _check_slices(name: str, module: nn.Module) -> Dict[str, int]:
+def _check_slices(name: str, module: nn.Module) -> dict[str, int]:
     slices = dict(module.lora_slices)
     if sum(slices.values()) != module.out_features:
-        raise LoRAError(f"{name}.lora_slices={slices} sums to {sum(slices.values())}, "
-                        f"not out_features={module.out_features}")
+        raise LoRAError(
+            f"{name}.lora_slices={slices} sums to {sum(slices.values())}, not out_features={module.out_features}"
+        )
     return slices
 
 
 def _check_plain_forward(name: str, module: nn.Module, base_cls: type) -> None:
     # Swapping the class replaces forward: only safe when the module runs the torch layer's own.
     if type(module).forward is not base_cls.forward:
-        raise LoRAError(f"{name}: {type(module).__name__} overrides {base_cls.__name__}.forward; "
-                        f"lora_core cannot add LoRA to it safely; exclude it")
+        raise LoRAError(
+            f"{name}: {type(module).__name__} overrides {base_cls.__name__}.forward; "
+            f"lora_core cannot add LoRA to it safely; exclude it"
+        )
 
 
-def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0, *,
-           adapter_name: str = DEFAULT_ADAPTER, rank_pattern: Optional[Dict[str, int]] = None,
-           alpha_pattern: Optional[Dict[str, float]] = None, use_rslora: bool = False, use_dora: bool = False,
-           lora_dtype: Optional[torch.dtype] = None, exclude: Optional[Targets] = None, fan_in_fan_out: bool = False,
-           merge_weights: bool = False, freeze_base: bool = True, fast_dropout: bool = True) -> List[str]:
+def inject(
+    model: nn.Module,
+    targets: Targets,
+    r: int = 8,
+    lora_alpha: float = 8,
+    lora_dropout: float = 0.0,
+    *,
+    adapter_name: str = DEFAULT_ADAPTER,
+    rank_pattern: dict[str, int] | None = None,
+    alpha_pattern: dict[str, float] | None = None,
+    use_rslora: bool = False,
+    use_dora: bool = False,
+    lora_dtype: torch.dtype | None = None,
+    exclude: Targets | None = None,
+    fan_in_fan_out: bool = False,
+    merge_weights: bool = False,
+    freeze_base: bool = True,
+    fast_dropout: bool = True,
+) -> list[str]:
     """Give LoRA to the layers of `model` whose names match `targets`, in place.
 
     Matching nn.Linear / nn.Embedding / nn.Conv1d/2d/3d / transformers Conv1D / bitsandbytes
@@ -137,10 +164,24 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
     targets, whose weights are (out, in) already; Conv1D's (in, out) layout is handled on its own.
     Every argument is checked before the model is touched: a refused call changes nothing.
     """
-    _check_arguments(model, r, lora_alpha, lora_dropout, adapter_name, rank_pattern, alpha_pattern,
-                     dict(use_rslora=use_rslora, use_dora=use_dora, fan_in_fan_out=fan_in_fan_out,
-                          merge_weights=merge_weights, freeze_base=freeze_base, fast_dropout=fast_dropout),
-                     lora_dtype)
+    _check_arguments(
+        model,
+        r,
+        lora_alpha,
+        lora_dropout,
+        adapter_name,
+        rank_pattern,
+        alpha_pattern,
+        dict(
+            use_rslora=use_rslora,
+            use_dora=use_dora,
+            fan_in_fan_out=fan_in_fan_out,
+            merge_weights=merge_weights,
+            freeze_base=freeze_base,
+            fast_dropout=fast_dropout,
+        ),
+        lora_dtype,
+    )
     aliases = getattr(model, "lora_target_aliases", None)
     if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
         linear = set(all_linear_names(model))
@@ -158,20 +199,26 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
         slices = getattr(module, "lora_slices", None)
         chosen = [s for s in slices or {} if selects(virtual_slice_name(name, s))]
         if selects(name) and chosen:
-            raise LoRAError(f"targets match both the fused module {name} and its slices {chosen}; "
-                            f"name either the whole module or slices, not both")
+            raise LoRAError(
+                f"targets match both the fused module {name} and its slices {chosen}; "
+                f"name either the whole module or slices, not both"
+            )
         if selects(name) or chosen:
             names = [virtual_slice_name(name, s) for s in chosen] if chosen else [name]
             ranks = {pattern_value(rank_pattern, n, r) for n in names}
             alphas = {pattern_value(alpha_pattern, n, lora_alpha) for n in names}
             if len(ranks) > 1 or len(alphas) > 1:
-                raise LoRAError(f"{name}: the slices {chosen} share one LoRA layer and need one rank and alpha, "
-                                f"but rank_pattern/alpha_pattern give ranks {sorted(ranks)} and alphas "
-                                f"{sorted(alphas)}; give them the same values")
+                raise LoRAError(
+                    f"{name}: the slices {chosen} share one LoRA layer and need one rank and alpha, "
+                    f"but rank_pattern/alpha_pattern give ranks {sorted(ranks)} and alphas "
+                    f"{sorted(alphas)}; give them the same values"
+                )
             plan.append((name, module, chosen or None, ranks.pop(), alphas.pop()))
     if not plan:
-        raise LoRAError(f"targets={targets!r} match no layer of {type(model).__name__}; "
-                        f"layers that can take LoRA: {_describe_candidates(candidates)}")
+        raise LoRAError(
+            f"targets={targets!r} match no layer of {type(model).__name__}; "
+            f"layers that can take LoRA: {_describe_candidates(candidates)}"
+        )
     _check_plan(model, plan, adapter_name, use_dora, fan_in_fan_out)
 
     _disable_fused_fast_paths(model, [name for name, _, _, _, _ in plan])
@@ -193,8 +240,9 @@ def inject(model: nn.Module, targets: Targets, r: int = 8, lora_alpha: float = 8
     if freeze_base:
         mark_only_lora_as_trainable(model)
     options = dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout)
-    _record_config(model, adapter_name, targets, exclude, options, use_rslora, use_dora, adapted,
-                   rank_pattern, alpha_pattern)
+    _record_config(
+        model, adapter_name, targets, exclude, options, use_rslora, use_dora, adapted, rank_pattern, alpha_pattern
+    )
     chosen_active = getattr(model, "lora_active_adapters", None)
     if chosen_active is not None:  # a restricted active set: it gains the new adapter
         set_active_adapters(model, list(dict.fromkeys(list(chosen_active) + [adapter_name])))
@@ -215,8 +263,9 @@ def _check_rank(value, what: str) -> None:
         raise LoRAError(f"{what}={value!r}: inject needs a LoRA rank r >= 1 (an int)")
 
 
-def _check_arguments(model, r, lora_alpha, lora_dropout, adapter_name, rank_pattern, alpha_pattern, flags,
-                     lora_dtype) -> None:
+def _check_arguments(
+    model, r, lora_alpha, lora_dropout, adapter_name, rank_pattern, alpha_pattern, flags, lora_dtype
+) -> None:
     """Every scalar argument of inject, checked before anything is changed."""
     if not isinstance(model, nn.Module):
         raise LoRAError(f"model must be a torch.nn.Module, not {type(model).__name__}")
@@ -230,8 +279,10 @@ def _check_arguments(model, r, lora_alpha, lora_dropout, adapter_name, rank_patt
             raise LoRAError(f"{flag}={value!r} must be True or False")
     if lora_dtype is not None and not (isinstance(lora_dtype, torch.dtype) and lora_dtype.is_floating_point):
         raise LoRAError(f"lora_dtype={lora_dtype!r} must be None or a floating-point torch.dtype, e.g. torch.float32")
-    for what, pattern, check in (("rank_pattern", rank_pattern, _check_rank),
-                                 ("alpha_pattern", alpha_pattern, _check_alpha)):
+    for what, pattern, check in (
+        ("rank_pattern", rank_pattern, _check_rank),
+        ("alpha_pattern", alpha_pattern, _check_alpha),
+    ):
         if pattern is None:
             continue
         if not isinstance(pattern, dict):
@@ -243,7 +294,7 @@ def _check_arguments(model, r, lora_alpha, lora_dropout, adapter_name, rank_patt
             check(value, f"{what}[{key!r}]")
 
 
-def pattern_value(pattern: Optional[Dict[str, object]], module_name: str, default):
+def pattern_value(pattern: dict[str, object] | None, module_name: str, default):
     """PEFT's rank_pattern / alpha_pattern rule: the value of the first key (in order) that, as a
     regex, matches the whole name or its end after a '.'; `default` when none does."""
     for key, value in (pattern or {}).items():
@@ -258,34 +309,44 @@ def _check_plan(model, plan, adapter_name: str, use_dora: bool, fan_in_fan_out: 
     for name, module, chosen, _, _ in plan:
         parent = parents.get(name.rpartition(".")[0]) if "." in name else model
         if isinstance(parent, nn.MultiheadAttention):
-            raise LoRAError(f"{name}: nn.MultiheadAttention uses its out_proj weight directly, so LoRA there "
-                            f"would have no effect; exclude it (exclude=[{name!r}])")
+            raise LoRAError(
+                f"{name}: nn.MultiheadAttention uses its out_proj weight directly, so LoRA there "
+                f"would have no effect; exclude it (exclude=[{name!r}])"
+            )
         if fan_in_fan_out and isinstance(module, nn.Linear):
             # Linear (and Linear4bit) keep weight as (out, in); treating it as (in, out) would be
             # silently wrong on square layers and a shape error on the rest.
-            raise LoRAError(f"{name}: fan_in_fan_out=True is for GPT-2 Conv1D-style (in, out) weights, but "
-                            f"{type(module).__name__} stores (out, in) {tuple(module.weight.shape)}; "
-                            f"drop fan_in_fan_out=True")
+            raise LoRAError(
+                f"{name}: fan_in_fan_out=True is for GPT-2 Conv1D-style (in, out) weights, but "
+                f"{type(module).__name__} stores (out, in) {tuple(module.weight.shape)}; "
+                f"drop fan_in_fan_out=True"
+            )
         if use_dora:
             if adapter_name != DEFAULT_ADAPTER:
-                raise LoRAError(f"use_dora=True is supported for the default adapter only, not for "
-                                f"adapter_name={adapter_name!r}")
+                raise LoRAError(
+                    f"use_dora=True is supported for the default adapter only, not for adapter_name={adapter_name!r}"
+                )
             if chosen:
-                raise LoRAError(f"{name}: use_dora=True on slices {chosen} of a fused layer is not supported; "
-                                f"target the whole module ({name.rpartition('.')[2]}) or turn DoRA off")
+                raise LoRAError(
+                    f"{name}: use_dora=True on slices {chosen} of a fused layer is not supported; "
+                    f"target the whole module ({name.rpartition('.')[2]}) or turn DoRA off"
+                )
             if not (isinstance(module, nn.Linear) and not is_linear4bit(module)):
-                raise LoRAError(f"{name}: use_dora=True supports dense nn.Linear layers only, "
-                                f"not {type(module).__name__}; exclude it or turn DoRA off")
+                raise LoRAError(
+                    f"{name}: use_dora=True supports dense nn.Linear layers only, "
+                    f"not {type(module).__name__}; exclude it or turn DoRA off"
+                )
         if isinstance(module, LoRALayer):
             if module.merged:
-                raise LoRAError(f"{name} is merged; call lora_core.unmerge(model) before adding adapter "
-                                f"{adapter_name!r}")
+                raise LoRAError(
+                    f"{name} is merged; call lora_core.unmerge(model) before adding adapter {adapter_name!r}"
+                )
             if adapter_name != DEFAULT_ADAPTER and module.use_dora:
-                raise LoRAError(f"{name} carries a DoRA default adapter; named adapters beside DoRA are "
-                                f"not supported")
+                raise LoRAError(f"{name} carries a DoRA default adapter; named adapters beside DoRA are not supported")
             if use_dora and module.adapter_names():
-                raise LoRAError(f"{name} already carries adapters {module.adapter_names()}; DoRA cannot be "
-                                f"added beside them")
+                raise LoRAError(
+                    f"{name} already carries adapters {module.adapter_names()}; DoRA cannot be added beside them"
+                )
         else:
             base_cls = next((t for t in _PLAIN_CLASSES if isinstance(module, t)), None)
             if base_cls is not None and not is_linear4bit(module) and not is_conv1d(module):
@@ -298,7 +359,7 @@ def _keep_module_forward(module, args):
     return None
 
 
-def _disable_fused_fast_paths(model: nn.Module, names: List[str]) -> None:
+def _disable_fused_fast_paths(model: nn.Module, names: list[str]) -> None:
     # nn.TransformerEncoderLayer's inference fast path reads linear1/linear2 weights directly
     # and would skip LoRA; torch takes the ordinary path whenever a submodule has a hook.
     modules = dict(model.named_modules())
@@ -317,8 +378,9 @@ def _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype) -> N
         enable = [s in chosen for s in slices]
         sizes = list(slices.values())
     if is_linear4bit(module):
-        add_lora_to_linear4bit(module, enable_lora=enable, slice_sizes=sizes, use_rslora=use_rslora,
-                               lora_dtype=lora_dtype, **options)
+        add_lora_to_linear4bit(
+            module, enable_lora=enable, slice_sizes=sizes, use_rslora=use_rslora, lora_dtype=lora_dtype, **options
+        )
         return
     if is_conv1d(module):
         if not isinstance(module, LoRALayer):
@@ -336,8 +398,13 @@ def _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype) -> N
             module._create_lora_parameters(use_rslora, use_dora, lora_dtype)
     elif isinstance(module, nn.Embedding):
         module.__class__ = Embedding
-        LoRALayer.__init__(module, r=options["r"], lora_alpha=options["lora_alpha"], lora_dropout=0.0,
-                           merge_weights=options["merge_weights"])
+        LoRALayer.__init__(
+            module,
+            r=options["r"],
+            lora_alpha=options["lora_alpha"],
+            lora_dropout=0.0,
+            merge_weights=options["merge_weights"],
+        )
         module._create_lora_parameters(use_rslora, lora_dtype)
     else:
         conv_type = next(t for t in _CONV_CLASSES if isinstance(module, t))
@@ -377,14 +444,23 @@ def _add_named(module, chosen, adapter_name, options, use_rslora, lora_dtype) ->
         enable = [s in chosen for s in slices]
         sizes = list(slices.values())
     dropout = 0.0 if isinstance(layer, nn.Embedding) else options["lora_dropout"]
-    slot = new_slot(layer, options["r"], options["lora_alpha"], dropout, use_rslora=use_rslora,
-                    lora_dtype=lora_dtype, enable_lora=enable, slice_sizes=sizes)
+    slot = new_slot(
+        layer,
+        options["r"],
+        options["lora_alpha"],
+        dropout,
+        use_rslora=use_rslora,
+        lora_dtype=lora_dtype,
+        enable_lora=enable,
+        slice_sizes=sizes,
+    )
     attach_slot(layer, adapter_name, slot)
     return slot.lora_dropout
 
 
-def _record_config(model, adapter_name, targets, exclude, options, use_rslora, use_dora, adapted,
-                   rank_pattern, alpha_pattern) -> None:
+def _record_config(
+    model, adapter_name, targets, exclude, options, use_rslora, use_dora, adapted, rank_pattern, alpha_pattern
+) -> None:
     # Kept on the root so save_adapter can write it without the caller repeating it; one config per
     # adapter name in lora_core_adapters, the default adapter's also in lora_core_config.
     configs = getattr(model, "lora_core_adapters", None)
@@ -394,10 +470,14 @@ def _record_config(model, adapter_name, targets, exclude, options, use_rslora, u
             configs[DEFAULT_ADAPTER] = model.lora_core_config
         model.lora_core_adapters = configs
     previous = configs.get(adapter_name) or {}
-    config = dict(options, targets=targets if isinstance(targets, str) else list(targets),
-                  exclude=exclude if exclude is None or isinstance(exclude, str) else list(exclude),
-                  use_rslora=use_rslora, use_dora=use_dora,
-                  adapted=list(previous.get("adapted", [])) + adapted)
+    config = dict(
+        options,
+        targets=targets if isinstance(targets, str) else list(targets),
+        exclude=exclude if exclude is None or isinstance(exclude, str) else list(exclude),
+        use_rslora=use_rslora,
+        use_dora=use_dora,
+        adapted=list(previous.get("adapted", [])) + adapted,
+    )
     if rank_pattern:
         config["rank_pattern"] = dict(rank_pattern)
     if alpha_pattern:
@@ -412,7 +492,7 @@ def _record_config(model, adapter_name, targets, exclude, options, use_rslora, u
 ALL_LINEAR = "all-linear"
 
 
-def all_linear_names(model: nn.Module) -> List[str]:
+def all_linear_names(model: nn.Module) -> list[str]:
     """PEFT's "all-linear" set: the names of every nn.Linear (Linear4bit included) and transformers
     Conv1D module, without the output head (`model.get_output_embeddings()` when the model has that
     method, else a root `lm_head`)."""

@@ -3,19 +3,19 @@
 Same constructor signatures, parameter names, shapes and initialisation as loralib 0.1.2, so
 loralib programs and checkpoints work unchanged; extra features are keyword-only.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .adapters import add_adapter_outputs
-from .base import LoRALayer, default_lora_dtype
-from .dropout import dropout_unscaled
-from .errors import LoRAError
+from lora_core.adapters import add_adapter_outputs
+from lora_core.base import LoRALayer, default_lora_dtype
+from lora_core.dropout import dropout_unscaled
+from lora_core.errors import LoRAError
 
 
 def low_rank_output(layer: LoRALayer, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -38,13 +38,23 @@ class Linear(LoRALayer, nn.Linear):
     magnitude, `lora_magnitude_vector`), `lora_dtype` (dtype of the LoRA parameters).
     """
 
-    def __init__(self, in_features: int, out_features: int, r: int = 0, lora_alpha: int = 1,
-                 lora_dropout: float = 0.0, fan_in_fan_out: bool = False, merge_weights: bool = True,
-                 *, use_rslora: bool = False, use_dora: bool = False,
-                 lora_dtype: Optional[torch.dtype] = None, **kwargs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        r: int = 0,
+        lora_alpha: int = 1,
+        lora_dropout: float = 0.0,
+        fan_in_fan_out: bool = False,
+        merge_weights: bool = True,
+        *,
+        use_rslora: bool = False,
+        use_dora: bool = False,
+        lora_dtype: torch.dtype | None = None,
+        **kwargs,
+    ):
         nn.Linear.__init__(self, in_features, out_features, **kwargs)
-        LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                           merge_weights=merge_weights)
+        LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
         self.fan_in_fan_out = fan_in_fan_out
         if r > 0:
             self._create_lora_parameters(use_rslora, use_dora, lora_dtype)
@@ -120,9 +130,18 @@ class Linear(LoRALayer, nn.Linear):
 class Embedding(LoRALayer, nn.Embedding):
     """nn.Embedding with a LoRA update; loralib's `lora.Embedding` (A starts at zero, B normal)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, r: int = 0, lora_alpha: int = 1,
-                 merge_weights: bool = True, *, use_rslora: bool = False,
-                 lora_dtype: Optional[torch.dtype] = None, **kwargs):
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        r: int = 0,
+        lora_alpha: int = 1,
+        merge_weights: bool = True,
+        *,
+        use_rslora: bool = False,
+        lora_dtype: torch.dtype | None = None,
+        **kwargs,
+    ):
         nn.Embedding.__init__(self, num_embeddings, embedding_dim, **kwargs)
         LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=0, merge_weights=merge_weights)
         if r > 0:
@@ -152,8 +171,9 @@ class Embedding(LoRALayer, nn.Embedding):
         return (self.lora_B @ self.lora_A).transpose(0, 1) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = F.embedding(x, self.weight, self.padding_idx, self.max_norm, self.norm_type,
-                             self.scale_grad_by_freq, self.sparse)
+        result = F.embedding(
+            x, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse
+        )
         if self.lora_active():
             result = result + embedding_low_rank_output(self, self, x, result.dtype)
         return add_adapter_outputs(self, x, result)
@@ -162,8 +182,15 @@ class Embedding(LoRALayer, nn.Embedding):
 def embedding_low_rank_output(embedding: nn.Embedding, adapter, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """scaling * B (A^T looked up at x) for an embedding's adapter (its own factors or a named one)."""
     # Looking rows up in A^T is the embedding of x in the rank-r space: (..., ) -> (..., r).
-    after_A = F.embedding(x, adapter.lora_A.transpose(0, 1), embedding.padding_idx, None, embedding.norm_type,
-                          embedding.scale_grad_by_freq, embedding.sparse)
+    after_A = F.embedding(
+        x,
+        adapter.lora_A.transpose(0, 1),
+        embedding.padding_idx,
+        None,
+        embedding.norm_type,
+        embedding.scale_grad_by_freq,
+        embedding.sparse,
+    )
     return F.linear(after_A.to(dtype) * adapter.scaling, adapter.lora_B.to(dtype))
 
 
@@ -209,13 +236,24 @@ def conv_forward(layer: LoRALayer, conv: nn.Module, x: torch.Tensor) -> torch.Te
 class ConvLoRA(LoRALayer, nn.Module):
     """loralib's convolution wrapper: the torch conv lives in `self.conv` (keys `conv.weight`)."""
 
-    def __init__(self, conv_module, in_channels, out_channels, kernel_size, r=0, lora_alpha=1,
-                 lora_dropout=0.0, merge_weights=True, *, use_rslora: bool = False,
-                 lora_dtype: Optional[torch.dtype] = None, **kwargs):
+    def __init__(
+        self,
+        conv_module,
+        in_channels,
+        out_channels,
+        kernel_size,
+        r=0,
+        lora_alpha=1,
+        lora_dropout=0.0,
+        merge_weights=True,
+        *,
+        use_rslora: bool = False,
+        lora_dtype: torch.dtype | None = None,
+        **kwargs,
+    ):
         nn.Module.__init__(self)
         self.conv = conv_module(in_channels, out_channels, kernel_size, **kwargs)
-        LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                           merge_weights=merge_weights)
+        LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
         if r > 0:
             create_conv_lora_parameters(self, self.conv, use_rslora, lora_dtype)
         self.reset_parameters()

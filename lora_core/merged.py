@@ -1,18 +1,19 @@
 """MergedLinear: LoRA on chosen output slices of a fused projection (e.g. q/k/v in one matmul)."""
+
 import math
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .adapters import add_adapter_outputs
-from .base import LoRALayer, default_lora_dtype
-from .dropout import dropout_unscaled
-from .errors import LoRAError
+from lora_core.adapters import add_adapter_outputs
+from lora_core.base import LoRALayer, default_lora_dtype
+from lora_core.dropout import dropout_unscaled
+from lora_core.errors import LoRAError
 
 
-def resolve_slices(out_features: int, enable_lora: Sequence[bool], slice_sizes: Optional[Sequence[int]]):
+def resolve_slices(out_features: int, enable_lora: Sequence[bool], slice_sizes: Sequence[int] | None):
     """Validate `enable_lora`/`slice_sizes` and return the slice sizes as a tuple.
 
     slice_sizes=None is loralib's equal split, which needs len(enable_lora) to divide out_features.
@@ -22,13 +23,16 @@ def resolve_slices(out_features: int, enable_lora: Sequence[bool], slice_sizes: 
         raise LoRAError("enable_lora is empty; give one bool per output slice, e.g. [True, False, True]")
     if slice_sizes is None:
         if out_features % len(enable_lora) != 0:
-            raise LoRAError(f"len(enable_lora)={len(enable_lora)} does not divide out_features={out_features}; "
-                            f"pass slice_sizes=(...) for unequal slices")
+            raise LoRAError(
+                f"len(enable_lora)={len(enable_lora)} does not divide out_features={out_features}; "
+                f"pass slice_sizes=(...) for unequal slices"
+            )
         return tuple([out_features // len(enable_lora)] * len(enable_lora))
     sizes = tuple(slice_sizes)
     if len(sizes) != len(enable_lora):
-        raise LoRAError(f"slice_sizes has {len(sizes)} entries but enable_lora has {len(enable_lora)}; "
-                        f"give one size per slice")
+        raise LoRAError(
+            f"slice_sizes has {len(sizes)} entries but enable_lora has {len(enable_lora)}; give one size per slice"
+        )
     if any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in sizes):
         raise LoRAError(f"slice_sizes={sizes} must be positive ints")
     if sum(sizes) != out_features:
@@ -51,14 +55,24 @@ class MergedLinear(LoRALayer, nn.Linear):
     bf16 5.2 -> 5.1 ms (q+v 4.4 -> 4.4): faster in fp32, a tie in bf16.
     """
 
-    def __init__(self, in_features: int, out_features: int, r: int = 0, lora_alpha: int = 1,
-                 lora_dropout: float = 0.0, enable_lora: Sequence[bool] = (False,),
-                 fan_in_fan_out: bool = False, merge_weights: bool = True, *,
-                 slice_sizes: Optional[Sequence[int]] = None, use_rslora: bool = False,
-                 lora_dtype: Optional[torch.dtype] = None, **kwargs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        r: int = 0,
+        lora_alpha: int = 1,
+        lora_dropout: float = 0.0,
+        enable_lora: Sequence[bool] = (False,),
+        fan_in_fan_out: bool = False,
+        merge_weights: bool = True,
+        *,
+        slice_sizes: Sequence[int] | None = None,
+        use_rslora: bool = False,
+        lora_dtype: torch.dtype | None = None,
+        **kwargs,
+    ):
         nn.Linear.__init__(self, in_features, out_features, **kwargs)
-        LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                           merge_weights=merge_weights)
+        LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
         self.fan_in_fan_out = fan_in_fan_out
         self.configure_slices(enable_lora, slice_sizes)
         if r > 0 and any(self.enable_lora):
@@ -67,7 +81,7 @@ class MergedLinear(LoRALayer, nn.Linear):
         if fan_in_fan_out:
             self.weight.data = self.weight.data.transpose(0, 1)
 
-    def configure_slices(self, enable_lora: Sequence[bool], slice_sizes: Optional[Sequence[int]]) -> None:
+    def configure_slices(self, enable_lora: Sequence[bool], slice_sizes: Sequence[int] | None) -> None:
         """Record which slices get LoRA: (out_start, size, row_in_lora_B) per enabled slice."""
         self.slice_sizes = resolve_slices(self.out_features, enable_lora, slice_sizes)
         self.enable_lora = [bool(e) for e in enable_lora]
@@ -103,10 +117,10 @@ class MergedLinear(LoRALayer, nn.Linear):
         """Boolean mask (out_features,) of the rows that carry LoRA (loralib's attribute)."""
         mask = torch.zeros(self.out_features, dtype=torch.bool, device=self.weight.device)
         for out_start, size, _ in self._enabled_spans:
-            mask[out_start:out_start + size] = True
+            mask[out_start : out_start + size] = True
         return mask
 
-    def slice_info(self) -> List[dict]:
+    def slice_info(self) -> list[dict]:
         """Per slice: name, output rows [start, start+size), enabled, and for enabled slices the
         rows of lora_A and lora_B that hold its factors (for exporters that split per slice)."""
         names = list(getattr(self, "lora_slices", None) or [f"slice{i}" for i in range(len(self.slice_sizes))])
@@ -151,7 +165,7 @@ def block_lora_B(layer, dtype=None) -> torch.Tensor:
     r = layer.r
     blocks = lora_B.new_zeros(layer.out_features, r * len(layer._enabled_spans))
     for group, (out_start, size, b_start) in enumerate(layer._enabled_spans):
-        blocks[out_start:out_start + size, group * r:(group + 1) * r] = lora_B[b_start:b_start + size]
+        blocks[out_start : out_start + size, group * r : (group + 1) * r] = lora_B[b_start : b_start + size]
     return blocks
 
 
@@ -172,7 +186,7 @@ def sliced_low_rank_output(layer, x: torch.Tensor, dtype: torch.dtype) -> torch.
     for size, enabled in zip(layer.slice_sizes, layer.enable_lora):
         if enabled:
             b_start = b_rows[out_start]  # (..., r) -> (..., size) through this slice's own B_g
-            pieces.append(F.linear(next(groups), lora_B[b_start:b_start + size]))
+            pieces.append(F.linear(next(groups), lora_B[b_start : b_start + size]))
         else:
             pieces.append(after_A.new_zeros(*after_A.shape[:-1], size))
         out_start += size

@@ -1,25 +1,40 @@
 """Model-level merging: merge/unmerge every LoRA layer, disable adapters, or bake LoRA in for good."""
+
 import contextlib
-from typing import Iterator, List, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
-from .adapters import check_adapter_names
-from .base import LoRALayer
-from .layers import ConvLoRA
+from lora_core.adapters import check_adapter_names
+from lora_core.base import LoRALayer
+from lora_core.layers import ConvLoRA
 
-_LORA_ATTRIBUTES = ("r", "lora_alpha", "merged", "merge_weights", "use_rslora", "use_dora", "adapters_disabled",
-                    "_weight_before_merge", "scaling", "fan_in_fan_out", "enable_lora", "slice_sizes",
-                    "_enabled_spans", "active_adapters", "merged_adapters")
+_LORA_ATTRIBUTES = (
+    "r",
+    "lora_alpha",
+    "merged",
+    "merge_weights",
+    "use_rslora",
+    "use_dora",
+    "adapters_disabled",
+    "_weight_before_merge",
+    "scaling",
+    "fan_in_fan_out",
+    "enable_lora",
+    "slice_sizes",
+    "_enabled_spans",
+    "active_adapters",
+    "merged_adapters",
+)
 
 
-def lora_layers(model: nn.Module) -> List[LoRALayer]:
+def lora_layers(model: nn.Module) -> list[LoRALayer]:
     """Every LoRA layer in `model` (the model itself included)."""
     return [m for m in model.modules() if isinstance(m, LoRALayer)]
 
 
-def merge(model: nn.Module, adapter_names: Optional[Sequence[str]] = None) -> int:
+def merge(model: nn.Module, adapter_names: Sequence[str] | None = None) -> int:
     """Fold the active LoRA updates (or just the adapters named in `adapter_names`) into their base
     weights, exactly reversible by `unmerge`; forward then costs no more than the base model.
     Returns the number of layers whose weight changed."""
@@ -60,7 +75,7 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
                 layer.merge(merged_names or None)
 
 
-def _dense_merged_weight(layer: LoRALayer, dtype: Optional[torch.dtype]) -> torch.Tensor:
+def _dense_merged_weight(layer: LoRALayer, dtype: torch.dtype | None) -> torch.Tensor:
     with torch.no_grad():
         if hasattr(layer, "dequantized_weight"):
             base = layer.dequantized_weight()
@@ -80,8 +95,7 @@ def _plain_module(layer: LoRALayer, weight: torch.Tensor) -> nn.Module:
         conv.weight = nn.Parameter(weight, requires_grad=False)
         return conv
     if hasattr(layer, "dequantized_weight"):  # 4-bit base -> dense nn.Linear
-        dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                          device="meta")
+        dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
         dense.weight = nn.Parameter(weight, requires_grad=False)
         if layer.bias is not None:
             dense.bias = nn.Parameter(layer.bias.data.to(weight.dtype), requires_grad=layer.bias.requires_grad)
@@ -89,8 +103,9 @@ def _plain_module(layer: LoRALayer, weight: torch.Tensor) -> nn.Module:
             dense.lora_slices = dict(layer.lora_slices)
         return dense
     plain_class = getattr(layer, "plain_class", None)
-    base_cls = plain_class() if plain_class else next(c for c in type(layer).__mro__
-                                                      if c.__module__.startswith("torch.nn"))
+    base_cls = (
+        plain_class() if plain_class else next(c for c in type(layer).__mro__ if c.__module__.startswith("torch.nn"))
+    )
     plain = object.__new__(base_cls)
     state = dict(layer.__dict__)
     state["_parameters"] = {k: v for k, v in layer._parameters.items() if not k.startswith("lora_")}
@@ -106,7 +121,7 @@ def _plain_module(layer: LoRALayer, weight: torch.Tensor) -> nn.Module:
     return plain
 
 
-def merge_and_unload(model: nn.Module, dtype: Optional[torch.dtype] = None) -> nn.Module:
+def merge_and_unload(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
     """Replace every LoRA layer by a plain torch layer whose weight has the update folded in.
 
     A 4-bit base becomes a dense nn.Linear (dequantized + update, no re-quantization, so

@@ -3,30 +3,39 @@ adapter's (transformers models in particular). Module names may be virtual slice
 layers (`...self_attn.q_proj` of a `qkv_proj` with `lora_slices`), which map onto MergedLinear
 slices. The file layer is peft_files.py.
 """
+
 from __future__ import annotations
 
 import os
 import re
 from collections import Counter
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 
-from .adapters import adapter_names, check_adapter_name
-from .atomic import PathLike
-from .base import DEFAULT_ADAPTER, LoRALayer
-from .conv1d import is_conv1d
-from .errors import LoRAError
-from .inject import virtual_slice_name
-from .layers import Embedding
-from .peft_files import (BASE_CONFIG, PEFT_PREFIX, join_peft_tensors, peft_module_rank_alpha, read_peft_dir,
-                         split_peft_tensors, write_peft_dir)
+from lora_core.adapters import adapter_names, check_adapter_name
+from lora_core.atomic import PathLike
+from lora_core.base import DEFAULT_ADAPTER, LoRALayer
+from lora_core.conv1d import is_conv1d
+from lora_core.errors import LoRAError
+from lora_core.inject import virtual_slice_name
+from lora_core.layers import Embedding
+from lora_core.peft_files import (
+    BASE_CONFIG,
+    PEFT_PREFIX,
+    join_peft_tensors,
+    peft_module_rank_alpha,
+    read_peft_dir,
+    split_peft_tensors,
+    write_peft_dir,
+)
 
-NameMap = Optional[Callable[[str], str]]
+NameMap = Callable[[str], str] | None
 
 
-def _virtual_slices(model: nn.Module) -> Dict[str, Tuple[str, str]]:
+def _virtual_slices(model: nn.Module) -> dict[str, tuple[str, str]]:
     # virtual slice name -> (fused module name, slice name)
     found = {}
     for name, module in model.named_modules():
@@ -35,7 +44,7 @@ def _virtual_slices(model: nn.Module) -> Dict[str, Tuple[str, str]]:
     return found
 
 
-def _expected_shapes(module: nn.Module, rank: int, slice_rows: Optional[int], embedding: bool) -> Dict[str, tuple]:
+def _expected_shapes(module: nn.Module, rank: int, slice_rows: int | None, embedding: bool) -> dict[str, tuple]:
     if embedding:
         return {"lora_embedding_A": (rank, module.num_embeddings), "lora_embedding_B": (module.embedding_dim, rank)}
     if is_conv1d(module):
@@ -46,7 +55,7 @@ def _expected_shapes(module: nn.Module, rank: int, slice_rows: Optional[int], em
     return {"lora_A": (rank, in_features), "lora_B": (rows, rank), "lora_magnitude_vector": (rows,)}
 
 
-def _plan_load(model, config, modules, name_map, source) -> List[Tuple[str, str, Dict[str, torch.Tensor]]]:
+def _plan_load(model, config, modules, name_map, source) -> list[tuple[str, str, dict[str, torch.Tensor]]]:
     """(model name, PEFT name, parts) per adapted module, every shape checked against the model."""
     own = dict(model.named_modules())
     virtual = _virtual_slices(model)
@@ -66,14 +75,18 @@ def _plan_load(model, config, modules, name_map, source) -> List[Tuple[str, str,
             problems.append(f"{peft_name}: embedding factors, but {name} is a {type(module).__name__}")
             continue
         if not embedding and not (isinstance(module, nn.Linear) or is_conv1d(module)):
-            problems.append(f"{peft_name}: {name} is a {type(module).__name__}; lora_core loads PEFT LoRA for "
-                            f"Linear, Conv1D, Linear4bit and Embedding layers")
+            problems.append(
+                f"{peft_name}: {name} is a {type(module).__name__}; lora_core loads PEFT LoRA for "
+                f"Linear, Conv1D, Linear4bit and Embedding layers"
+            )
             continue
         rank, _ = peft_module_rank_alpha(config, peft_name)
         for part, shape in _expected_shapes(module, rank, slice_rows, embedding).items():
             if part in parts and tuple(parts[part].shape) != shape:
-                problems.append(f"{peft_name}.{part}: file {tuple(parts[part].shape)} vs expected {shape} "
-                                f"(rank {rank} from r/rank_pattern)")
+                problems.append(
+                    f"{peft_name}.{part}: file {tuple(parts[part].shape)} vs expected {shape} "
+                    f"(rank {rank} from r/rank_pattern)"
+                )
         plan.append((name, peft_name, parts))
     if problems:
         raise LoRAError(f"PEFT adapter {source} does not fit {type(model).__name__}: " + "; ".join(problems))
@@ -84,7 +97,7 @@ def _holder(layer: LoRALayer, adapter_name: str):
     return layer if adapter_name == DEFAULT_ADAPTER else layer.lora_adapters[adapter_name]
 
 
-def _slice_rows(holder, fused: nn.Module, slice_name: str) -> Tuple[slice, slice]:
+def _slice_rows(holder, fused: nn.Module, slice_name: str) -> tuple[slice, slice]:
     """(rows of lora_A, rows of lora_B) holding slice `slice_name`'s factors in a sliced holder."""
     out_start = 0
     for name, size in fused.lora_slices.items():
@@ -97,8 +110,14 @@ def _slice_rows(holder, fused: nn.Module, slice_name: str) -> Tuple[slice, slice
     raise LoRAError(f"slice {slice_name} of {type(fused).__name__} carries no LoRA")
 
 
-def load_peft(model: nn.Module, path: PathLike, adapter_name: Optional[str] = None, *,
-              name_map: NameMap = None, prefix: str = PEFT_PREFIX) -> List[str]:
+def load_peft(
+    model: nn.Module,
+    path: PathLike,
+    adapter_name: str | None = None,
+    *,
+    name_map: NameMap = None,
+    prefix: str = PEFT_PREFIX,
+) -> list[str]:
     """Load a PEFT LoRA adapter directory into `model` as adapter `adapter_name` (default "default").
 
     The model's module names must match the adapter's (after `name_map`, a function from PEFT module
@@ -108,13 +127,16 @@ def load_peft(model: nn.Module, path: PathLike, adapter_name: Optional[str] = No
     into the model's parameters of the same name. Everything is checked before the model changes.
     Returns the adapted module names.
     """
-    from .inject import inject
+    from lora_core.inject import inject
+
     adapter_name = check_adapter_name(adapter_name or DEFAULT_ADAPTER)
     if not isinstance(model, nn.Module):
         raise LoRAError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     if adapter_name in adapter_names(model):
-        raise LoRAError(f"the model already has an adapter {adapter_name!r}; delete it first "
-                        f"(lora_core.delete_adapter) or pass another adapter_name")
+        raise LoRAError(
+            f"the model already has an adapter {adapter_name!r}; delete it first "
+            f"(lora_core.delete_adapter) or pass another adapter_name"
+        )
     source = os.fspath(path)
     config, tensors = read_peft_dir(source)
     modules, extras = split_peft_tensors(tensors, prefix)
@@ -125,18 +147,30 @@ def load_peft(model: nn.Module, path: PathLike, adapter_name: Optional[str] = No
     for name, value in extras.items():
         if name not in params or params[name].shape != value.shape:
             found = tuple(params[name].shape) if name in params else "absent"
-            raise LoRAError(f"PEFT adapter {source} holds {name} {tuple(value.shape)} (modules_to_save), but the "
-                            f"model's is {found}; load it into the model class it was trained with")
+            raise LoRAError(
+                f"PEFT adapter {source} holds {name} {tuple(value.shape)} (modules_to_save), but the "
+                f"model's is {found}; load it into the model class it was trained with"
+            )
     if extras and adapter_name != DEFAULT_ADAPTER:
-        raise LoRAError(f"PEFT adapter {source} replaces whole modules ({sorted(extras)}); that is only "
-                        f"supported as the default adapter")
+        raise LoRAError(
+            f"PEFT adapter {source} replaces whole modules ({sorted(extras)}); that is only "
+            f"supported as the default adapter"
+        )
     names = [name for name, _, _ in plan]
     rank_pattern = {re.escape(name): peft_module_rank_alpha(config, peft)[0] for name, peft, _ in plan}
     alpha_pattern = {re.escape(name): peft_module_rank_alpha(config, peft)[1] for name, peft, _ in plan}
-    adapted = inject(model, "|".join(re.escape(n) for n in names), r=config["r"],
-                     lora_alpha=config.get("lora_alpha", 8), lora_dropout=float(config.get("lora_dropout") or 0.0),
-                     adapter_name=adapter_name, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
-                     use_rslora=config.get("use_rslora", False), use_dora=config.get("use_dora", False))
+    adapted = inject(
+        model,
+        "|".join(re.escape(n) for n in names),
+        r=config["r"],
+        lora_alpha=config.get("lora_alpha", 8),
+        lora_dropout=float(config.get("lora_dropout") or 0.0),
+        adapter_name=adapter_name,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        use_rslora=config.get("use_rslora", False),
+        use_dora=config.get("use_dora", False),
+    )
     own, virtual = dict(model.named_modules()), _virtual_slices(model)
     with torch.no_grad():
         for name, _, parts in plan:
@@ -156,10 +190,14 @@ def load_peft(model: nn.Module, path: PathLike, adapter_name: Optional[str] = No
         for name, value in extras.items():
             params[name].copy_(value)
     record = model.lora_core_adapters[adapter_name]
-    record.update(r=config["r"], lora_alpha=config.get("lora_alpha", 8),
-                  rank_pattern=dict(config.get("rank_pattern") or {}),
-                  alpha_pattern=dict(config.get("alpha_pattern") or {}),
-                  peft_config=config, peft_extras=sorted(extras))
+    record.update(
+        r=config["r"],
+        lora_alpha=config.get("lora_alpha", 8),
+        rank_pattern=dict(config.get("rank_pattern") or {}),
+        alpha_pattern=dict(config.get("alpha_pattern") or {}),
+        peft_config=config,
+        peft_extras=sorted(extras),
+    )
     if name_map is None:  # PEFT's patterns apply to our names as they are; recorded as PEFT wrote them
         for key in ("rank_pattern", "alpha_pattern"):
             if not record[key]:
@@ -169,15 +207,17 @@ def load_peft(model: nn.Module, path: PathLike, adapter_name: Optional[str] = No
     return adapted
 
 
-def _layer_parts(name: str, layer: LoRALayer, adapter_name: str) -> List[Tuple[str, Dict[str, torch.Tensor], Any]]:
+def _layer_parts(name: str, layer: LoRALayer, adapter_name: str) -> list[tuple[str, dict[str, torch.Tensor], Any]]:
     """[(module name, parts, holder)] of one layer's adapter: one entry, or one per enabled slice."""
     holder = _holder(layer, adapter_name)
     kind = getattr(holder, "kind", None)
     if isinstance(layer, Embedding):
         return [(name, {"lora_embedding_A": holder.lora_A, "lora_embedding_B": holder.lora_B}, holder)]
     if not (isinstance(layer, nn.Linear) or is_conv1d(layer)) or kind == "conv":
-        raise LoRAError(f"{name}: {type(layer).__name__} has no PEFT LoRA equivalent in lora_core's layout "
-                        f"(PEFT's convolution LoRA factors differ); save it with lora_core.save_adapter")
+        raise LoRAError(
+            f"{name}: {type(layer).__name__} has no PEFT LoRA equivalent in lora_core's layout "
+            f"(PEFT's convolution LoRA factors differ); save it with lora_core.save_adapter"
+        )
     sliced = kind == "sliced" if holder is not layer else hasattr(layer, "_enabled_spans")
     if not sliced:
         parts = {"lora_A": holder.lora_A, "lora_B": holder.lora_B}
@@ -190,14 +230,25 @@ def _layer_parts(name: str, layer: LoRALayer, adapter_name: str) -> List[Tuple[s
             rows_A, rows_B = _slice_rows(holder, layer, slice_name)
         except LoRAError:
             continue  # a slice without LoRA
-        entries.append((virtual_slice_name(name, slice_name),
-                        {"lora_A": holder.lora_A[rows_A], "lora_B": holder.lora_B[rows_B]}, holder))
+        entries.append(
+            (
+                virtual_slice_name(name, slice_name),
+                {"lora_A": holder.lora_A[rows_A], "lora_B": holder.lora_B[rows_B]},
+                holder,
+            )
+        )
     return entries
 
 
-def save_peft(model: nn.Module, path: PathLike, base_model_name_or_path: Optional[str] = None,
-              adapter_name: Optional[str] = None, *, name_map: NameMap = None, prefix: str = PEFT_PREFIX
-              ) -> Dict[str, Any]:
+def save_peft(
+    model: nn.Module,
+    path: PathLike,
+    base_model_name_or_path: str | None = None,
+    adapter_name: str | None = None,
+    *,
+    name_map: NameMap = None,
+    prefix: str = PEFT_PREFIX,
+) -> dict[str, Any]:
     """Write adapter `adapter_name` (default "default") of `model` as a PEFT LoRA directory that
     `peft.PeftModel.from_pretrained(base, path)` loads to the same outputs. Module names are the
     model's (through `name_map`, model name -> PEFT name, when given); fused-layer slices become
@@ -223,18 +274,26 @@ def save_peft(model: nn.Module, path: PathLike, base_model_name_or_path: Optiona
         dora.add(bool(getattr(holder, "use_dora", False)))
         conv1d = conv1d or is_conv1d(own.get(name))
     if len(rslora) > 1 or len(dora) > 1:
-        raise LoRAError(f"adapter {adapter_name!r} mixes layers with and without rsLoRA/DoRA; PEFT has one "
-                        f"use_rslora and one use_dora flag per adapter")
+        raise LoRAError(
+            f"adapter {adapter_name!r} mixes layers with and without rsLoRA/DoRA; PEFT has one "
+            f"use_rslora and one use_dora flag per adapter"
+        )
     record = (getattr(model, "lora_core_adapters", None) or {}).get(adapter_name) or {}
     config = dict(record.get("peft_config") or {})
     rank = Counter(ranks.values()).most_common(1)[0][0]
     alpha = Counter(alphas.values()).most_common(1)[0][0]
     config.update(
-        peft_type="LORA", r=rank, lora_alpha=alpha, target_modules=sorted(modules),
+        peft_type="LORA",
+        r=rank,
+        lora_alpha=alpha,
+        target_modules=sorted(modules),
         rank_pattern={n: v for n, v in ranks.items() if v != rank},
         alpha_pattern={n: v for n, v in alphas.items() if v != alpha},
-        use_rslora=rslora.pop(), use_dora=dora.pop(), fan_in_fan_out=conv1d,
-        lora_dropout=float(record.get("lora_dropout", config.get("lora_dropout", 0.0)) or 0.0))
+        use_rslora=rslora.pop(),
+        use_dora=dora.pop(),
+        fan_in_fan_out=conv1d,
+        lora_dropout=float(record.get("lora_dropout", config.get("lora_dropout", 0.0)) or 0.0),
+    )
     if base_model_name_or_path is not None:
         config["base_model_name_or_path"] = base_model_name_or_path
     # Patterns key full module names: PEFT matches a key against the end of a name, so a full name

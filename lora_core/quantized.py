@@ -4,22 +4,24 @@ bitsandbytes is imported lazily so lora_core imports without it. The LoRA classe
 on first use for each bitsandbytes class (`LoRALinear4bit`, `LoRAMergedLinearNF4`, ...) and
 are also reachable as attributes of this module, so pickled models load again.
 """
+
 import importlib.util
 import warnings
-from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 
-from .adapters import add_adapter_outputs
-from .base import LoRALayer, default_lora_dtype
-from .errors import LoRAError
-from .layers import low_rank_output
-from .merged import block_lora_B, sliced_low_rank_output
+from lora_core.adapters import add_adapter_outputs
+from lora_core.base import LoRALayer, default_lora_dtype
+from lora_core.errors import LoRAError
+from lora_core.layers import low_rank_output
+from lora_core.merged import block_lora_B, sliced_low_rank_output
 
-ROUNDING_WARNING = ("merging LoRA into a 4-bit weight dequantizes, adds and re-quantizes it: the "
-                    "merged weights carry 4-bit rounding error and outputs will differ slightly; "
-                    "use merge_and_unload(model) for an exact dense copy instead")
+ROUNDING_WARNING = (
+    "merging LoRA into a 4-bit weight dequantizes, adds and re-quantizes it: the "
+    "merged weights carry 4-bit rounding error and outputs will differ slightly; "
+    "use merge_and_unload(model) for an exact dense copy instead"
+)
 
 
 def bitsandbytes_available() -> bool:
@@ -30,6 +32,7 @@ def bitsandbytes_available() -> bool:
 def is_linear4bit(module: nn.Module) -> bool:
     """True for a bitsandbytes Linear4bit (without importing bitsandbytes unless it is loaded)."""
     import sys
+
     bnb = sys.modules.get("bitsandbytes")
     return bnb is not None and isinstance(module, bnb.nn.Linear4bit)
 
@@ -40,13 +43,16 @@ def restore_standard_layout(module: nn.Module) -> None:
     state = getattr(module.weight, "quant_state", None)
     if state is not None and getattr(state, "packing_format_for_cpu", False):
         from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
         module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-            module.weight.data, state)
+            module.weight.data, state
+        )
 
 
 def dequantized_weight(module: nn.Module) -> torch.Tensor:
     """The dense (out, in) weight of a 4-bit layer, in its quantization dtype."""
     from bitsandbytes.functional import dequantize_4bit
+
     restore_standard_layout(module)
     weight = module.weight
     return dequantize_4bit(weight.data, weight.quant_state)
@@ -74,13 +80,20 @@ class _Quantized4bitLoRA(LoRALayer):
 
     def _fold_in(self, names) -> None:
         import bitsandbytes as bnb
+
         warnings.warn(ROUNDING_WARNING, stacklevel=3)
         old = self.weight
         with torch.no_grad():
             dense = self.merged_weight(self.dequantized_weight(), names)
-        new = bnb.nn.Params4bit(dense.to("cpu"), requires_grad=False, blocksize=old.blocksize,
-                                compress_statistics=old.compress_statistics, quant_type=old.quant_type,
-                                quant_storage=old.quant_storage, module=self)
+        new = bnb.nn.Params4bit(
+            dense.to("cpu"),
+            requires_grad=False,
+            blocksize=old.blocksize,
+            compress_statistics=old.compress_statistics,
+            quant_type=old.quant_type,
+            quant_storage=old.quant_storage,
+            module=self,
+        )
         if self._weight_before_merge is None:
             self._weight_before_merge = old
         self.weight = new.to(old.device)  # moving quantizes
@@ -100,7 +113,7 @@ class _Quantized4bitLoRA(LoRALayer):
         self.unmerge()
         result = super(LoRALayer, self)._apply(fn, *args, **kwargs)
         if was_merged:
-            warnings.warn("a merged 4-bit layer was moved: it is now unmerged; call merge() again")
+            warnings.warn("a merged 4-bit layer was moved: it is now unmerged; call merge() again", stacklevel=2)
         return result
 
 
@@ -131,7 +144,7 @@ class _MergedLinear4bitLoRA(_Quantized4bitLoRA):
         return add_adapter_outputs(self, x, result)
 
 
-_CLASSES: Dict[str, type] = {}
+_CLASSES: dict[str, type] = {}
 
 
 def bitsandbytes_class(cls: type) -> type:
@@ -153,27 +166,40 @@ def __getattr__(name: str):
     # Lets pickle find the lazily built classes: LoRA[Merged]Linear4bit / ...NF4 / ...FP4.
     if name.startswith("LoRA") and bitsandbytes_available():
         import bitsandbytes as bnb
+
         fused = name.startswith("LoRAMerged")
-        base_name = name[len("LoRAMerged"):] if fused else name[len("LoRA"):]
+        base_name = name[len("LoRAMerged") :] if fused else name[len("LoRA") :]
         base_cls = getattr(bnb.nn, base_name, None)
         if isinstance(base_cls, type) and issubclass(base_cls, bnb.nn.Linear4bit):
             return lora_class_for(base_cls, fused)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def add_lora_to_linear4bit(module: nn.Module, r: int, lora_alpha: float, lora_dropout: float = 0.0, *,
-                           enable_lora=None, slice_sizes=None, use_rslora: bool = False,
-                           lora_dtype: Optional[torch.dtype] = None, merge_weights: bool = False) -> nn.Module:
+def add_lora_to_linear4bit(
+    module: nn.Module,
+    r: int,
+    lora_alpha: float,
+    lora_dropout: float = 0.0,
+    *,
+    enable_lora=None,
+    slice_sizes=None,
+    use_rslora: bool = False,
+    lora_dtype: torch.dtype | None = None,
+    merge_weights: bool = False,
+) -> nn.Module:
     """Turn a bitsandbytes Linear4bit into its LoRA class in place (same object, same packed
     weight). With `enable_lora` it becomes a fused layer with LoRA on the enabled slices."""
-    from .merged import MergedLinear
+    from lora_core.merged import MergedLinear
+
     if not is_linear4bit(module):
         raise LoRAError(f"expected a bitsandbytes Linear4bit, got {type(module).__name__}")
     if r <= 0:
         raise LoRAError(f"LoRA rank r={r} must be > 0 to adapt a 4-bit layer")
     if not getattr(module.weight, "bnb_quantized", False):
-        raise LoRAError("the Linear4bit weight is not quantized yet; move the model to its device "
-                        "(e.g. model.to('cpu')) before adding LoRA")
+        raise LoRAError(
+            "the Linear4bit weight is not quantized yet; move the model to its device "
+            "(e.g. model.to('cpu')) before adding LoRA"
+        )
     fused = enable_lora is not None
     # bitsandbytes would repack the weight for its inference-only CPU kernel on the first eval,
     # no-grad forward; training after that fails and merging would read a foreign layout.

@@ -1,11 +1,10 @@
 """loralib's utilities (freeze all but LoRA, LoRA-only state dict) and a trainable-parameter report."""
-from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
 
-from .base import LoRALayer
-from .errors import check_bias_mode
+from lora_core.base import LoRALayer
+from lora_core.errors import check_bias_mode
 
 
 def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
@@ -25,7 +24,7 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> None:
                 module.bias.requires_grad = True
 
 
-def lora_state_dict(model: nn.Module, bias: str = "none") -> Dict[str, torch.Tensor]:
+def lora_state_dict(model: nn.Module, bias: str = "none") -> dict[str, torch.Tensor]:
     """The entries of model.state_dict() that hold LoRA parameters (keys containing 'lora_'),
     plus all biases (bias='all') or the biases of LoRA layers (bias='lora_only')."""
     check_bias_mode(bias)
@@ -52,7 +51,7 @@ def parameter_count(param: torch.Tensor) -> int:
     return param.numel()
 
 
-def trainable_parameters(model: nn.Module) -> Tuple[int, int]:
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; shared parameters are counted once."""
     trainable = total = 0
     for param in model.parameters():  # parameters() already skips duplicates

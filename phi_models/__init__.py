@@ -3,25 +3,25 @@ tokenizer, chat formats and generation. See docs/design.md for the contracts."""
 
 import logging as _logging
 
+from phi_models.adapters import attach_adapter
+from phi_models.cache import KVCache
+from phi_models.chat_format import CHAT_FORMATS, Segment, render_chat, render_chat_text
+from phi_models.config import PhiConfig
+from phi_models.errors import PhiModelError
+from phi_models.export_merged import export_merged
+from phi_models.generation import generate
+from phi_models.hub import HubError, fetch_file
+from phi_models.loading import from_pretrained, parse_dtype
+from phi_models.model import PhiForCausalLM
+from phi_models.peft_adapter import export_peft_adapter, load_peft_adapter
+from phi_models.presets import PRESETS, preset_names
+from phi_models.sampling import SamplingParams
+from phi_models.streaming import TextStream
+from phi_models.tokenizer import PhiTokenizer, load_tokenizer
+
 # bitsandbytes (imported lazily, for 4-bit layers) warns at import on AVX512-BF16 CPUs that it could
 # not fetch an optional inference kernel from the hub. We never want hub code, so the warning is noise.
 _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
-
-from .cache import KVCache
-from .chat_format import CHAT_FORMATS, Segment, render_chat, render_chat_text
-from .config import PhiConfig
-from .errors import PhiModelError
-from .adapters import attach_adapter
-from .export_merged import export_merged
-from .generation import generate
-from .hub import HubError, fetch_file
-from .loading import from_pretrained, parse_dtype
-from .model import PhiForCausalLM
-from .peft_adapter import export_peft_adapter, load_peft_adapter
-from .presets import PRESETS, preset_names
-from .sampling import SamplingParams
-from .streaming import TextStream
-from .tokenizer import PhiTokenizer, load_tokenizer
 
 __all__ = [
     "attach_adapter",

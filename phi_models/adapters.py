@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import PhiModelError
+from phi_models.errors import PhiModelError
 
 
 def attach_adapter(model: nn.Module, path: str | Path, *, lora_dropout: float | None = None) -> dict:
@@ -18,8 +18,7 @@ def attach_adapter(model: nn.Module, path: str | Path, *, lora_dropout: float | 
     dropout it records). Only the LoRA parameters stay trainable.
     """
     import lora_core
-
-    from .peft_adapter import load_peft_adapter
+    from phi_models.peft_adapter import load_peft_adapter
 
     path = Path(path)
     if path.is_dir():
@@ -28,8 +27,10 @@ def attach_adapter(model: nn.Module, path: str | Path, *, lora_dropout: float | 
         raise PhiModelError(f"{path}: no such adapter file or PEFT adapter directory")
     _, config = lora_core.read_adapter(path)
     if not config.get("adapted"):
-        raise PhiModelError(f"{path}: the adapter file records no LoRA config (its adapted layers, r); it was not "
-                            f"written by lora_core.save_adapter; inject LoRA yourself and use lora_core.load_adapter")
+        raise PhiModelError(
+            f"{path}: the adapter file records no LoRA config (its adapted layers, r); it was not "
+            f"written by lora_core.save_adapter; inject LoRA yourself and use lora_core.load_adapter"
+        )
     # the file's config names its layers, ranks and patterns: lora_core creates them, then loads (shapes checked)
     lora_core.load_adapter(model, path, strict=True, adapter_name=lora_core.DEFAULT_ADAPTER)
     lora_core.mark_only_lora_as_trainable(model)

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import KVCache
-from .config import PhiConfig
-from .rope import apply_rotary
+from phi_models.cache import KVCache
+from phi_models.config import PhiConfig
+from phi_models.rope import apply_rotary
 
 
 @dataclass

@@ -97,7 +97,7 @@ class KVCache:
         self.length -= n
 
     @staticmethod
-    def concat(caches: list["KVCache"], headroom: int = 64) -> "KVCache":
+    def concat(caches: list[KVCache], headroom: int = 64) -> KVCache:
         """One cache holding the rows of ``caches`` (in order), each left-padded to the longest.
 
         Padding columns are zero keys/values with a False key mask, so a row attends to exactly the

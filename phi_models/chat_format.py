@@ -15,10 +15,11 @@ of a training sample is appended by the caller (``data``), never here.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from .errors import PhiModelError
+from phi_models.errors import PhiModelError
 
 CHAT_FORMATS = ("phi3", "phi3.5", "phi4-mini", "phi4")
 ROLES = ("system", "user", "assistant", "tool")

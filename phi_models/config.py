@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config_checks import check_config_values
-from .errors import PhiModelError
-from .json_files import read_json
+from phi_models.config_checks import check_config_values
+from phi_models.errors import PhiModelError
+from phi_models.json_files import read_json
 
 ARCHITECTURES = ("phi", "phi3")
 SLIDING_WINDOW_MODES = ("w+1", "w")
@@ -112,9 +112,7 @@ class PhiConfig:
             values = getattr(self, name)
             if values is None or len(values) != half:
                 got = "missing" if values is None else f"{len(values)} values"
-                raise PhiModelError(
-                    f"rope_scaling.{name} must hold rotary_dim/2 = {half} values, got {got}"
-                )
+                raise PhiModelError(f"rope_scaling.{name} must hold rotary_dim/2 = {half} values, got {got}")
             setattr(self, name, [float(v) for v in values])
         if self.original_max_position_embeddings is None:
             self.original_max_position_embeddings = self.max_position_embeddings
@@ -166,7 +164,7 @@ class PhiConfig:
         return out
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> "PhiConfig":
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> PhiConfig:
         """Parse an HF ``phi`` / ``phi3`` / legacy ``phi-msft`` config dict (or our own ``to_dict``)."""
         if not isinstance(raw, dict):
             raise PhiModelError(f"{source}: expected a JSON object, got {type(raw).__name__}")
@@ -192,7 +190,7 @@ class PhiConfig:
             raise PhiModelError(f"{source}: malformed config ({str(err)[:200]})") from None
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "PhiConfig":
+    def from_file(cls, path: str | Path) -> PhiConfig:
         """Read a config.json file."""
         path = Path(path)
         if not path.exists():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from .errors import PhiModelError
+from phi_models.errors import PhiModelError
 
 # field -> largest accepted value (far above every Phi model: phi-4 has 40 layers, 5120 hidden, 100352 vocab).
 INT_LIMITS = {
@@ -46,10 +46,15 @@ def check_config_values(cfg) -> None:
             raise PhiModelError(f"{name} must be a positive integer, got {value!r:.60}")
         if not 1 <= value <= high:
             raise PhiModelError(f"{name} is {value}; it must be between 1 and {high}")
-    for name, low, high, open_low in (("rope_theta", 0.0, None, True), ("norm_eps", 0.0, 1.0, True),
-                                      ("partial_rotary_factor", 0.0, 1.0, True), ("rope_attention_factor", 0.0, None, True),
-                                      ("resid_pdrop", 0.0, 1.0, False), ("embd_pdrop", 0.0, 1.0, False),
-                                      ("attention_dropout", 0.0, 1.0, False)):
+    for name, low, high, open_low in (
+        ("rope_theta", 0.0, None, True),
+        ("norm_eps", 0.0, 1.0, True),
+        ("partial_rotary_factor", 0.0, 1.0, True),
+        ("rope_attention_factor", 0.0, None, True),
+        ("resid_pdrop", 0.0, 1.0, False),
+        ("embd_pdrop", 0.0, 1.0, False),
+        ("attention_dropout", 0.0, 1.0, False),
+    ):
         value = getattr(cfg, name)
         if value is None and name in ("partial_rotary_factor", "rope_attention_factor"):
             continue
@@ -72,9 +77,13 @@ def check_config_values(cfg) -> None:
         raise PhiModelError("hidden_act and rope type must be strings")
     if cfg.torch_dtype is not None and not isinstance(cfg.torch_dtype, str):
         raise PhiModelError(f"torch_dtype must be a string like 'bfloat16', got {cfg.torch_dtype!r:.60}")
-    estimate = cfg.num_hidden_layers * (4 * cfg.hidden_size ** 2 + 3 * cfg.hidden_size * cfg.intermediate_size) \
+    estimate = (
+        cfg.num_hidden_layers * (4 * cfg.hidden_size**2 + 3 * cfg.hidden_size * cfg.intermediate_size)
         + 2 * cfg.vocab_size * cfg.hidden_size
+    )
     if estimate > MAX_PARAMETERS:
-        raise PhiModelError(f"the sizes describe a model of about {estimate:.3g} parameters, beyond the "
-                            f"{MAX_PARAMETERS:.3g} philora accepts; check hidden_size, intermediate_size, "
-                            f"num_hidden_layers and vocab_size")
+        raise PhiModelError(
+            f"the sizes describe a model of about {estimate:.3g} parameters, beyond the "
+            f"{MAX_PARAMETERS:.3g} philora accepts; check hidden_size, intermediate_size, "
+            f"num_hidden_layers and vocab_size"
+        )

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import torch
 
-from .errors import PhiModelError
+from phi_models.errors import PhiModelError
 
 
 def check_device(device) -> torch.device:
     """``device`` (a torch.device or a name like 'cpu', 'cuda', 'cuda:1') as a usable torch.device."""
     if not isinstance(device, (str, torch.device)):
-        raise PhiModelError(f"device must be a name like 'cpu' or 'cuda' or a torch.device, got {type(device).__name__}")
+        raise PhiModelError(
+            f"device must be a name like 'cpu' or 'cuda' or a torch.device, got {type(device).__name__}"
+        )
     try:
         device = torch.device(device)
     except (RuntimeError, ValueError) as err:

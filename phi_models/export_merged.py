@@ -11,19 +11,27 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from torch import nn
 
-from .config import PhiConfig
-from .errors import PhiModelError
-from .loading import parse_dtype
+from phi_models.config import PhiConfig
+from phi_models.errors import PhiModelError
+from phi_models.loading import parse_dtype
 
 SHARD_BYTES = 2 * 2**30
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -76,8 +84,11 @@ def hf_config_dict(config: PhiConfig, dtype: torch.dtype) -> dict:
     if config.model_type == "phi" or config.partial_rotary_factor != 1.0:
         rope["partial_rotary_factor"] = config.partial_rotary_factor
     if config.rope_type == "longrope":
-        rope.update(short_factor=config.short_factor, long_factor=config.long_factor,
-                    original_max_position_embeddings=config.original_max_position_embeddings)
+        rope.update(
+            short_factor=config.short_factor,
+            long_factor=config.long_factor,
+            original_max_position_embeddings=config.original_max_position_embeddings,
+        )
         if config.rope_attention_factor is not None:
             rope["attention_factor"] = config.rope_attention_factor
     out = {
@@ -122,9 +133,8 @@ def _write_json(path: Path, data: dict) -> None:
 def _copy_tokenizer(base_model: str | None, revision: str | None, out: Path) -> list[str]:
     """Copy the base model's tokenizer files (the tiny preset: its tokenizer.json plus a minimal config)."""
     from lora_core import atomic_write
-
-    from .presets import tiny_tokenizer_path
-    from .source import resolve_source
+    from phi_models.presets import tiny_tokenizer_path
+    from phi_models.source import resolve_source
 
     if base_model is None:
         return []
@@ -132,8 +142,10 @@ def _copy_tokenizer(base_model: str | None, revision: str | None, out: Path) -> 
     copied = []
     if source.kind == "tiny":
         atomic_write(out / "tokenizer.json", lambda tmp: shutil.copyfile(tiny_tokenizer_path(), tmp))
-        _write_json(out / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
-                                                    "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"})
+        _write_json(
+            out / "tokenizer_config.json",
+            {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>"},
+        )
         return ["tokenizer.json", "tokenizer_config.json"]
     for name in TOKENIZER_FILES:
         path = source.file(name, required=False)
@@ -143,17 +155,26 @@ def _copy_tokenizer(base_model: str | None, revision: str | None, out: Path) -> 
     return copied
 
 
-def export_merged(model: nn.Module, out_dir: str | Path, dtype: str | torch.dtype | None = None, *,
-                  base_model: str | None = None, revision: str | None = None, stop_token_ids: list[int] | None = None,
-                  extra_info: dict | None = None, shard_bytes: int = SHARD_BYTES) -> Path:
+def export_merged(
+    model: nn.Module,
+    out_dir: str | Path,
+    dtype: str | torch.dtype | None = None,
+    *,
+    base_model: str | None = None,
+    revision: str | None = None,
+    stop_token_ids: list[int] | None = None,
+    extra_info: dict | None = None,
+    shard_bytes: int = SHARD_BYTES,
+) -> Path:
     """Write ``model`` with its LoRA merged as a Hugging Face checkpoint in ``out_dir``; returns the path.
 
     ``dtype`` (default: the base weights' dtype, fp32 for a 4-bit base) is the stored dtype. ``base_model``
     (preset, hub id or directory) is where the tokenizer files are copied from. ``extra_info`` goes into
     ``philora.json`` (template, stop tokens, where the adapter came from).
     """
-    from lora_core import atomic_write
     from safetensors.torch import save_file
+
+    from lora_core import atomic_write
 
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -181,11 +202,19 @@ def export_merged(model: nn.Module, out_dir: str | Path, dtype: str | torch.dtyp
     config = model.config
     _write_json(out / "config.json", hf_config_dict(config, target))
     stops = list(stop_token_ids or config.stop_token_ids)
-    generation = {"bos_token_id": config.bos_token_id, "eos_token_id": stops[0] if len(stops) == 1 else stops or None,
-                  "pad_token_id": config.pad_token_id}
+    generation = {
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": stops[0] if len(stops) == 1 else stops or None,
+        "pad_token_id": config.pad_token_id,
+    }
     _write_json(out / "generation_config.json", {k: v for k, v in generation.items() if v is not None})
     copied = _copy_tokenizer(base_model, revision, out)
-    info = {"base_model": base_model, "revision": revision, "dtype": _DTYPE_NAMES.get(target),
-            "tokenizer_files": copied, **(extra_info or {})}
+    info = {
+        "base_model": base_model,
+        "revision": revision,
+        "dtype": _DTYPE_NAMES.get(target),
+        "tokenizer_files": copied,
+        **(extra_info or {}),
+    }
     _write_json(out / "philora.json", info)
     return out

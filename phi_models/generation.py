@@ -14,14 +14,14 @@ therefore sees exactly the logits an uncached forward over the full sequence wou
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from .errors import PhiModelError
-from .model import PhiForCausalLM
-from .sampling import SamplingParams, check_seed, choose_tokens
-from .streaming import TextStream, check_stop_strings
+from phi_models.errors import PhiModelError
+from phi_models.model import PhiForCausalLM
+from phi_models.sampling import SamplingParams, check_seed, choose_tokens
+from phi_models.streaming import TextStream, check_stop_strings
 
 StreamCallback = Callable[[int, int], None]
 TextCallback = Callable[[int, str], None]

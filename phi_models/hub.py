@@ -56,9 +56,9 @@ _hub_reachable_until = float("-inf")
 # The advice at the end of a "not in the cache and the hub could not be reached" error, by repo type.
 OFFLINE_ADVICE = {
     "model": "pass --model a local directory holding the model files (or a model already in the cache), "
-             "or download it once with network access",
+    "or download it once with network access",
     "dataset": "pass --data a local .jsonl/.json/.parquet/.csv/.tsv file or a bundled sample "
-               "(samples/roleplay, samples/alpaca, ...), or download the dataset once with network access",
+    "(samples/roleplay, samples/alpaca, ...), or download the dataset once with network access",
 }
 
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import PhiModelError
+from phi_models.errors import PhiModelError
 
 MAX_JSON_BYTES = 256 << 20  # the largest real ones (tokenizer files) are a few tens of MB
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .config import PhiConfig
+from phi_models.config import PhiConfig
 
 QKV_SLOTS = ("q_proj", "k_proj", "v_proj")
 
@@ -40,7 +40,7 @@ _LAYER_RENAMES = {
 def _legacy_layer(index: int, rest: str) -> Target | None:
     for old, new in _LAYER_RENAMES.items():
         if rest.startswith(old):
-            return Target(f"model.layers.{index}.{new}{rest[len(old):]}")
+            return Target(f"model.layers.{index}.{new}{rest[len(old) :]}")
     return None
 
 

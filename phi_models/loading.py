@@ -17,15 +17,14 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .config import PhiConfig
-from .devices import check_device
-from .errors import PhiModelError
-from .json_files import read_json
-from .shard_paths import check_shard_name
-from .keymap import QKV_SLOTS, map_key
-from .model import PhiForCausalLM
-from .presets import TINY_SEED, tiny_config
-from .quantize import (
+from phi_models.config import PhiConfig
+from phi_models.devices import check_device
+from phi_models.errors import PhiModelError
+from phi_models.json_files import read_json
+from phi_models.keymap import QKV_SLOTS, map_key
+from phi_models.model import PhiForCausalLM
+from phi_models.presets import TINY_SEED, tiny_config
+from phi_models.quantize import (
     check_quant_type,
     empty_linear4bit,
     quantizable_linears,
@@ -33,7 +32,8 @@ from .quantize import (
     replace_module,
     set_quantized_weight,
 )
-from .source import ModelSource, resolve_source
+from phi_models.shard_paths import check_shard_name
+from phi_models.source import ModelSource, resolve_source
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -147,9 +147,7 @@ def checkpoint_shards(source: ModelSource) -> list[Path]:
         check_shard_name(filename, index)
         path = source.file(filename, required=False)
         if path is None:
-            raise PhiModelError(
-                f"{source.name}: shard '{filename}' listed in model.safetensors.index.json is missing"
-            )
+            raise PhiModelError(f"{source.name}: shard '{filename}' listed in model.safetensors.index.json is missing")
         shards.append(path)
     return shards
 
@@ -169,6 +167,8 @@ def _row_reader(parts: list[torch.Tensor], dtype: torch.dtype):
         return (pieces[0] if len(pieces) == 1 else torch.cat(pieces)).to(dtype)
 
     return read_rows
+
+
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 _SAFETENSORS_FLOATS = ("F32", "F16", "BF16", "F64")
 
@@ -213,9 +213,7 @@ class _Filler:
         shape = tuple(stored.get_shape())
         want = self.slot_shape(name, target.slot) if target.slot else self.expected[name]
         if shape != want:
-            raise PhiModelError(
-                f"{shard}: tensor '{key}' has shape {list(shape)} but config.json implies {list(want)}"
-            )
+            raise PhiModelError(f"{shard}: tensor '{key}' has shape {list(shape)} but config.json implies {list(want)}")
         if stored.get_dtype() not in _SAFETENSORS_FLOATS:
             raise PhiModelError(
                 f"{shard}: tensor '{key}' is stored as {stored.get_dtype()}; model weights must be floating point "
@@ -292,7 +290,9 @@ class _Filler:
 
 
 @torch.no_grad()
-def _fill(model: PhiForCausalLM, config: PhiConfig, source: ModelSource, dtype: torch.dtype, device: torch.device) -> None:
+def _fill(
+    model: PhiForCausalLM, config: PhiConfig, source: ModelSource, dtype: torch.dtype, device: torch.device
+) -> None:
     filler = _Filler(model, config, dtype, device)
     for shard in checkpoint_shards(source):
         try:

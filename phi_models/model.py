@@ -6,13 +6,13 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import build_mask, window_visible_keys
-from .cache import KVCache
-from .config import PhiConfig
-from .errors import PhiModelError
-from .phi import PhiDecoderLayer
-from .phi3 import Phi3DecoderLayer, RMSNorm
-from .rope import RotaryEmbedding
+from phi_models.attention import build_mask, window_visible_keys
+from phi_models.cache import KVCache
+from phi_models.config import PhiConfig
+from phi_models.errors import PhiModelError
+from phi_models.phi import PhiDecoderLayer
+from phi_models.phi3 import Phi3DecoderLayer, RMSNorm
+from phi_models.rope import RotaryEmbedding
 
 
 class PhiBackbone(nn.Module):
@@ -115,8 +115,10 @@ class PhiForCausalLM(nn.Module):
         if document_ids is not None and past:
             raise PhiModelError("document_ids cannot be combined with a non-empty KV cache; pass one of them")
         ids_checked = kv_cache is not None and kv_cache.ids_checked  # generate checked them at its boundary
-        if not ids_checked and input_ids.numel() and (
-            int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0
+        if (
+            not ids_checked
+            and input_ids.numel()
+            and (int(input_ids.max()) >= self.config.vocab_size or int(input_ids.min()) < 0)
         ):
             raise PhiModelError(
                 f"input_ids hold a token id outside [0, {self.config.vocab_size}); the tokenizer does not "

@@ -15,8 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import PhiModelError
-from .peft_keys import hf_module_names, lora_modules_to_peft, our_target, peft_config_for, peft_parts_for, scaling
+from phi_models.errors import PhiModelError
+from phi_models.peft_keys import (
+    hf_module_names,
+    lora_modules_to_peft,
+    our_target,
+    peft_config_for,
+    peft_parts_for,
+    scaling,
+)
 
 PEFT_PREFIX = "base_model.model."
 # init_lora_weights values that also rewrite the base weights (the adapter alone is not the model).
@@ -26,8 +33,9 @@ _BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")
 # ---- export ----------------------------------------------------------------------------------
 
 
-def export_peft_adapter(model: nn.Module, out_dir: str | Path, base_model_name_or_path: str | None = None,
-                        revision: str | None = None) -> Path:
+def export_peft_adapter(
+    model: nn.Module, out_dir: str | Path, base_model_name_or_path: str | None = None, revision: str | None = None
+) -> Path:
     """Write ``model``'s LoRA as a PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
 
     ``peft.PeftModel.from_pretrained(<transformers model of the same checkpoint>, out_dir)`` then gives our
@@ -37,8 +45,9 @@ def export_peft_adapter(model: nn.Module, out_dir: str | Path, base_model_name_o
 
     entries = lora_modules_to_peft(model)
     dropout = next((float(getattr(layer.lora_dropout, "p", 0.0)) for layer in lora_layers(model)), 0.0)
-    config = peft_config_for(model, entries, base_model_name_or_path=base_model_name_or_path, revision=revision,
-                             lora_dropout=dropout)
+    config = peft_config_for(
+        model, entries, base_model_name_or_path=base_model_name_or_path, revision=revision, lora_dropout=dropout
+    )
     out = Path(out_dir)
     try:
         write_peft_dir(out, config, join_peft_tensors(peft_parts_for(entries), prefix=PEFT_PREFIX))
@@ -54,13 +63,17 @@ def check_phi_peft_config(config: dict, model: nn.Module, source: str) -> None:
     """On top of lora_core.check_peft_config: refuse what a Phi model cannot reproduce exactly, and target
     modules the model does not have."""
     if config.get("fan_in_fan_out"):
-        raise PhiModelError(f"{source}: fan_in_fan_out=True is for GPT-2 Conv1D weights; Phi's Linear layers store "
-                            f"(out, in), so the adapter was not made for a Phi model")
+        raise PhiModelError(
+            f"{source}: fan_in_fan_out=True is for GPT-2 Conv1D weights; Phi's Linear layers store "
+            f"(out, in), so the adapter was not made for a Phi model"
+        )
     init = config.get("init_lora_weights")
     if isinstance(init, str) and init.lower().startswith(_BASE_CHANGING_INITS):
-        raise PhiModelError(f"{source}: init_lora_weights={init!r} also changes the base weights; convert the "
-                            f"adapter to plain LoRA with PEFT first "
-                            f"(save_pretrained(path_initial_model_for_weight_conversion=...))")
+        raise PhiModelError(
+            f"{source}: init_lora_weights={init!r} also changes the base weights; convert the "
+            f"adapter to plain LoRA with PEFT first "
+            f"(save_pretrained(path_initial_model_for_weight_conversion=...))"
+        )
     if config.get("bias", "none") not in (None, "none"):
         raise PhiModelError(f"{source}: bias={config['bias']!r} (trained biases) is not supported; only bias='none'")
     _check_targets(config.get("target_modules"), model, source)
@@ -73,8 +86,9 @@ def _check_targets(targets, model: nn.Module, source: str) -> None:
     aliases = getattr(model, "lora_target_aliases", {}) or {}
     if isinstance(targets, str):
         if not any(re.fullmatch(targets, n) for n in names):
-            raise PhiModelError(f"{source}: target_modules regex {targets!r} matches no module of this "
-                                f"{model.config.model_type} model")
+            raise PhiModelError(
+                f"{source}: target_modules regex {targets!r} matches no module of this {model.config.model_type} model"
+            )
         return
     leaves = sorted({n.rpartition(".")[2] for n in names})
     for target in targets or []:
@@ -83,9 +97,11 @@ def _check_targets(targets, model: nn.Module, source: str) -> None:
         if leaf in aliases:
             continue  # a legacy name (Wqkv, out_proj) of a module the model has
         if not any(n == wanted or n.endswith("." + wanted) for n in names):
-            raise PhiModelError(f"{source}: target_modules entry {target!r} does not exist in a "
-                                f"{model.config.model_type} model (its modules: {', '.join(leaves)}); "
-                                f"the adapter was made for another architecture or module naming")
+            raise PhiModelError(
+                f"{source}: target_modules entry {target!r} does not exist in a "
+                f"{model.config.model_type} model (its modules: {', '.join(leaves)}); "
+                f"the adapter was made for another architecture or module naming"
+            )
 
 
 # ---- import plan ----------------------------------------------------------------------------
@@ -113,12 +129,15 @@ def _parts(name: str, parts: dict, source: str):
 
 def _check_shape(source: str, key: str, got: torch.Size, want: tuple) -> None:
     if tuple(got) != tuple(want):
-        raise PhiModelError(f"{source}: tensor {key!r} has shape {list(got)} but this model needs {list(want)}; "
-                            f"the adapter was trained for another base model")
+        raise PhiModelError(
+            f"{source}: tensor {key!r} has shape {list(got)} but this model needs {list(want)}; "
+            f"the adapter was trained for another base model"
+        )
 
 
-def plan_import(model: nn.Module, config: dict, tensors: dict[str, torch.Tensor],
-                source: str) -> tuple[list[ModulePlan], dict[str, torch.Tensor]]:
+def plan_import(
+    model: nn.Module, config: dict, tensors: dict[str, torch.Tensor], source: str
+) -> tuple[list[ModulePlan], dict[str, torch.Tensor]]:
     """Our LoRA layers for a PEFT adapter (checked against the model), and modules_to_save tensors by our name."""
     from lora_core import peft_module_rank_alpha, split_peft_tensors
 
@@ -133,8 +152,10 @@ def plan_import(model: nn.Module, config: dict, tensors: dict[str, torch.Tensor]
         r = int(a.shape[0])
         pattern_r, alpha = peft_module_rank_alpha(config, name)
         if int(pattern_r) != r:
-            raise PhiModelError(f"{source}: module {name!r} has rank {r} in the weights but {pattern_r} in "
-                                f"adapter_config.json (r / rank_pattern)")
+            raise PhiModelError(
+                f"{source}: module {name!r} has rank {r} in the weights but {pattern_r} in "
+                f"adapter_config.json (r / rank_pattern)"
+            )
         module_name, slot = our_target(model, name, source)
         groups.setdefault(module_name, []).append((slot, name, a, b, mag, r, float(alpha)))
     plans = [_plan_module(model, module_name, items, rslora, source) for module_name, items in groups.items()]
@@ -154,7 +175,7 @@ def _plan_module(model, module_name, items, rslora, source) -> ModulePlan:
     module = model.get_submodule(module_name)
     out_features, in_features = _out_in(module)
     if items[0][0] is None:  # a PEFT adapter on the module itself
-        (_, name, a, b, mag, r, alpha), = items
+        ((_, name, a, b, mag, r, alpha),) = items
         _check_shape(source, f"{PEFT_PREFIX}{name}.lora_A.weight", a.shape, (r, in_features))
         _check_shape(source, f"{PEFT_PREFIX}{name}.lora_B.weight", b.shape, (out_features, r))
         if mag is not None:
@@ -181,12 +202,27 @@ def _plan_module(model, module_name, items, rslora, source) -> ModulePlan:
         # q, k and v share one A: a single adapter on the whole fused module (what philora exports it from)
         r, alpha = settings.pop()
         magnitude = torch.cat([by_slot[s][3] for s in ordered]) if use_dora else None
-        return ModulePlan(module_name, [module_name], r, alpha, use_dora, by_slot[ordered[0]][1],
-                          torch.cat([by_slot[s][2] for s in ordered]), magnitude)
+        return ModulePlan(
+            module_name,
+            [module_name],
+            r,
+            alpha,
+            use_dora,
+            by_slot[ordered[0]][1],
+            torch.cat([by_slot[s][2] for s in ordered]),
+            magnitude,
+        )
     if len(settings) == 1 and not use_dora:  # one rank and alpha: our per-slice layer, bit for bit
         r, alpha = settings.pop()
-        return ModulePlan(module_name, [virtual_slice_name(module_name, s) for s in ordered], r, alpha, False,
-                          torch.cat([by_slot[s][1] for s in ordered]), torch.cat([by_slot[s][2] for s in ordered]))
+        return ModulePlan(
+            module_name,
+            [virtual_slice_name(module_name, s) for s in ordered],
+            r,
+            alpha,
+            False,
+            torch.cat([by_slot[s][1] for s in ordered]),
+            torch.cat([by_slot[s][2] for s in ordered]),
+        )
     return _stack_slices(module, module_name, slices, by_slot, ordered, rslora, use_dora)
 
 
@@ -204,18 +240,18 @@ def _stack_slices(module, module_name, slices, by_slot, ordered, rslora, use_dor
     for slot, size in slices.items():
         if slot in by_slot:
             _, _, b, mag, r, slot_alpha = by_slot[slot]
-            B[row:row + size, col:col + r] = b.float() * (scaling(slot_alpha, r, rslora) / common)
+            B[row : row + size, col : col + r] = b.float() * (scaling(slot_alpha, r, rslora) / common)
             if magnitude is not None:
-                magnitude[row:row + size] = mag.float() if mag is not None else _row_norms(module, row, size)
+                magnitude[row : row + size] = mag.float() if mag is not None else _row_norms(module, row, size)
             col += r
         elif magnitude is not None:  # no adapter on this slice: magnitude = ||W|| leaves its rows unchanged
-            magnitude[row:row + size] = _row_norms(module, row, size)
+            magnitude[row : row + size] = _row_norms(module, row, size)
         row += size
     return ModulePlan(module_name, [module_name], total_r, alpha, use_dora, A, B, magnitude)
 
 
 def _row_norms(module, start: int, size: int) -> torch.Tensor:
-    weight = module.weight.detach()[start:start + size].float()
+    weight = module.weight.detach()[start : start + size].float()
     return weight.norm(p=2, dim=1)
 
 
@@ -228,7 +264,7 @@ def _unstack(module, module_name, a, b, r_fused, alpha_fused, rslora) -> ModuleP
     slices = list(module.lora_slices.items())
     owners, row = [], 0
     bounds = []
-    for index, (_, size) in enumerate(slices):
+    for _index, (_, size) in enumerate(slices):
         bounds.append((row, row + size))
         row += size
     nonzero = b.ne(0)  # (out, r_fused)
@@ -248,10 +284,11 @@ def _unstack(module, module_name, a, b, r_fused, alpha_fused, rslora) -> ModuleP
     alpha = float(f"{alpha:.12g}")  # undo the float error of alpha * sqrt(n) (the user's alpha is a short decimal)
     if not math.isclose(scaling(alpha, r, rslora), scaling(alpha_fused, r_fused, rslora), rel_tol=1e-12):
         return None
-    blocks = [b[bounds[i][0]:bounds[i][1], g * r:(g + 1) * r] for g, i in enumerate(enabled)]
+    blocks = [b[bounds[i][0] : bounds[i][1], g * r : (g + 1) * r] for g, i in enumerate(enabled)]
     names = [slices[i][0] for i in enabled]
-    return ModulePlan(module_name, [virtual_slice_name(module_name, name) for name in names], r, alpha, False, a,
-                      torch.cat(blocks))
+    return ModulePlan(
+        module_name, [virtual_slice_name(module_name, name) for name in names], r, alpha, False, a, torch.cat(blocks)
+    )
 
 
 def _plan_modules_to_save(model, config, others, source) -> dict[str, torch.Tensor]:
@@ -262,8 +299,9 @@ def _plan_modules_to_save(model, config, others, source) -> dict[str, torch.Tens
         return {}
     if not wanted:
         key = next(iter(others))
-        raise PhiModelError(f"{source}: unexpected tensor {PEFT_PREFIX}{key!r} "
-                            f"(not LoRA, and modules_to_save is empty)")
+        raise PhiModelError(
+            f"{source}: unexpected tensor {PEFT_PREFIX}{key!r} (not LoRA, and modules_to_save is empty)"
+        )
     own = dict(model.named_parameters())
     out = {}
     for key, value in others.items():
@@ -294,18 +332,26 @@ def load_peft_adapter(model: nn.Module, adapter_dir: str | Path, *, lora_dropout
     source = str(adapter_dir)
     previous = getattr(model, "lora_core_config", None)
     if previous and previous.get("adapted"):
-        raise PhiModelError(f"{source}: the model already has LoRA layers ({', '.join(previous['adapted'][:3])} ...); "
-                            f"load a PEFT adapter into a model without LoRA")
+        raise PhiModelError(
+            f"{source}: the model already has LoRA layers ({', '.join(previous['adapted'][:3])} ...); "
+            f"load a PEFT adapter into a model without LoRA"
+        )
     try:
         config, tensors = lora_core.read_peft_dir(adapter_dir)
         plans, saved = plan_import(model, config, tensors, source)
         dropout = float(config.get("lora_dropout") or 0.0) if lora_dropout is None else lora_dropout
         targets = [t for plan in plans for t in plan.targets]
-        lora_core.inject(model, "|".join(re.escape(t) for t in targets), r=int(config["r"]),
-                         lora_alpha=config.get("lora_alpha", 8), lora_dropout=dropout,
-                         rank_pattern={re.escape(t): p.r for p in plans for t in p.targets},
-                         alpha_pattern={re.escape(t): p.alpha for p in plans for t in p.targets},
-                         use_rslora=bool(config.get("use_rslora")), use_dora=any(p.use_dora for p in plans))
+        lora_core.inject(
+            model,
+            "|".join(re.escape(t) for t in targets),
+            r=int(config["r"]),
+            lora_alpha=config.get("lora_alpha", 8),
+            lora_dropout=dropout,
+            rank_pattern={re.escape(t): p.r for p in plans for t in p.targets},
+            alpha_pattern={re.escape(t): p.alpha for p in plans for t in p.targets},
+            use_rslora=bool(config.get("use_rslora")),
+            use_dora=any(p.use_dora for p in plans),
+        )
     except LoRAError as err:
         raise PhiModelError(str(err)) from None
     with torch.no_grad():

@@ -22,9 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import PhiModelError
-from .keymap import map_key
-
+from phi_models.errors import PhiModelError
+from phi_models.keymap import map_key
 
 
 @dataclass
@@ -91,8 +90,8 @@ def lora_modules_to_peft(model: nn.Module) -> list[PeftModule]:
         elif is_phi_fused_qkv(model, name):  # one adapter on the whole fused qkv: share A, split B by rows
             start = 0
             for slot, size in _slice_names(layer):
-                mag = magnitude[start:start + size] if magnitude is not None else None
-                out.append(PeftModule(_sibling(name, slot), A, B[start:start + size], r, alpha, magnitude=mag))
+                mag = magnitude[start : start + size] if magnitude is not None else None
+                out.append(PeftModule(_sibling(name, slot), A, B[start : start + size], r, alpha, magnitude=mag))
                 start += size
         else:
             out.append(PeftModule(name, A, B, r, alpha, magnitude=magnitude))
@@ -133,8 +132,14 @@ def _pattern_keys(entries: list[PeftModule], value_of, default, all_names: list[
     return pattern
 
 
-def peft_config_for(model: nn.Module, entries: list[PeftModule], *, base_model_name_or_path: str | None,
-                    revision: str | None = None, lora_dropout: float = 0.0) -> dict:
+def peft_config_for(
+    model: nn.Module,
+    entries: list[PeftModule],
+    *,
+    base_model_name_or_path: str | None,
+    revision: str | None = None,
+    lora_dropout: float = 0.0,
+) -> dict:
     """adapter_config.json content for ``entries`` (only fields PEFT has had for long; see lora-landscape §2.3)."""
     from lora_core import lora_layers
 
@@ -202,6 +207,8 @@ def our_target(model: nn.Module, peft_name: str, source: str) -> tuple[str, str 
     try:
         model.get_submodule(module_name)
     except AttributeError:
-        raise PhiModelError(f"{source}: module {peft_name!r} is not a module of this {model.config.model_type} "
-                            f"model with {model.config.num_hidden_layers} layers") from None
+        raise PhiModelError(
+            f"{source}: module {peft_name!r} is not a module of this {model.config.model_type} "
+            f"model with {model.config.num_hidden_layers} layers"
+        ) from None
     return module_name, target.slot

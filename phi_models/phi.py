@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import FusedQKVAttention, MaskSpec
-from .cache import KVCache
-from .config import PhiConfig
+from phi_models.attention import FusedQKVAttention, MaskSpec
+from phi_models.cache import KVCache
+from phi_models.config import PhiConfig
 
 
 def activation(name: str):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .attention import FusedQKVAttention, MaskSpec
-from .cache import KVCache
-from .config import PhiConfig
-from .phi import activation
+from phi_models.attention import FusedQKVAttention, MaskSpec
+from phi_models.cache import KVCache
+from phi_models.config import PhiConfig
+from phi_models.phi import activation
 
 
 class RMSNorm(nn.Module):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .config import PhiConfig
-from .errors import PhiModelError
+from phi_models.config import PhiConfig
+from phi_models.errors import PhiModelError
 
 TINY = "tiny"
 

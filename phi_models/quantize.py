@@ -9,12 +9,12 @@ the full tensor has arrived, so a dense copy of the model never exists.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .errors import PhiModelError
+from phi_models.errors import PhiModelError
 
 QUANT_TYPES = ("nf4", "fp4")
 
@@ -36,15 +36,11 @@ def check_quant_type(quant_type: str | None) -> None:
 def quantizable_linears(model: nn.Module) -> list[str]:
     """Qualified names of the linears that a 4-bit load quantizes (all inside ``model.layers``)."""
     return [
-        name
-        for name, module in model.named_modules()
-        if name.startswith("model.layers.") and type(module) is nn.Linear
+        name for name, module in model.named_modules() if name.startswith("model.layers.") and type(module) is nn.Linear
     ]
 
 
-def empty_linear4bit(
-    linear: nn.Linear, quant_type: str, double_quant: bool, compute_dtype: torch.dtype
-) -> nn.Module:
+def empty_linear4bit(linear: nn.Linear, quant_type: str, double_quant: bool, compute_dtype: torch.dtype) -> nn.Module:
     """A meta-device Linear4bit shaped like ``linear`` (keeps its ``lora_slices``)."""
     bnb = _bnb()
     module = bnb.nn.Linear4bit(

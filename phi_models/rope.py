@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import PhiConfig
+from phi_models.config import PhiConfig
 
 
 class RotaryEmbedding(nn.Module):
@@ -27,7 +27,7 @@ class RotaryEmbedding(nn.Module):
         # Explicit CPU device: the model may be built under a meta-device context for loading,
         # and these small tables must hold real numbers either way.
         exponent = torch.arange(0, self.rotary_dim, 2, dtype=torch.float32, device="cpu") / self.rotary_dim
-        base = config.rope_theta ** exponent
+        base = config.rope_theta**exponent
         if self.longrope:
             short = torch.tensor(config.short_factor, dtype=torch.float32, device="cpu")
             long = torch.tensor(config.long_factor, dtype=torch.float32, device="cpu")

@@ -8,12 +8,12 @@ seeded generator, so a row samples exactly what it would sample alone in a batch
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
-from .errors import PhiModelError
+from phi_models.errors import PhiModelError
 
 
 def _is_number(value) -> bool:

@@ -8,14 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
-from .errors import PhiModelError
+from phi_models.errors import PhiModelError
 
 
 def check_shard_name(filename: str, index: Path) -> None:
     """Refuse an index entry that is not a plain relative ``*.safetensors`` name below the model directory."""
     parts = PurePosixPath(filename.replace("\\", "/")).parts
-    if (not filename or filename.startswith(("/", "\\")) or (len(filename) > 1 and filename[1] == ":")
-            or ".." in parts or "\x00" in filename or not filename.endswith(".safetensors")):
-        raise PhiModelError(f"{index}: shard {filename!r:.120} is not a .safetensors file inside the model "
-                            f"directory; shard names must be relative paths without '..'")
-
+    if (
+        not filename
+        or filename.startswith(("/", "\\"))
+        or (len(filename) > 1 and filename[1] == ":")
+        or ".." in parts
+        or "\x00" in filename
+        or not filename.endswith(".safetensors")
+    ):
+        raise PhiModelError(
+            f"{index}: shard {filename!r:.120} is not a .safetensors file inside the model "
+            f"directory; shard names must be relative paths without '..'"
+        )

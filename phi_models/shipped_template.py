@@ -16,12 +16,13 @@ the processor layout), then ``chat_template`` in ``tokenizer_config.json`` (a st
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
-from .errors import PhiModelError
+from phi_models.errors import PhiModelError
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
@@ -30,8 +31,8 @@ SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_
 class ShippedTemplate:
     """A chat template and the file it came from (for reports and error messages)."""
 
-    source: str     # Jinja text
-    origin: str     # e.g. "chat_template.jinja" or "tokenizer_config.json"
+    source: str  # Jinja text
+    origin: str  # e.g. "chat_template.jinja" or "tokenizer_config.json"
 
 
 def _pick_named(value: Any, origin: str) -> str | None:
@@ -46,12 +47,14 @@ def _pick_named(value: Any, origin: str) -> str | None:
         raise PhiModelError(f"{origin}: chat_template is a list without a 'default' entry (names: {sorted(named)})")
     if value is None:
         return None
-    raise PhiModelError(f"{origin}: chat_template must be a string or a list of named templates, "
-                        f"got {type(value).__name__}")
+    raise PhiModelError(
+        f"{origin}: chat_template must be a string or a list of named templates, got {type(value).__name__}"
+    )
 
 
-def find_shipped_template(read_text: Callable[[str], str | None],
-                          tokenizer_config: Mapping[str, Any]) -> ShippedTemplate | None:
+def find_shipped_template(
+    read_text: Callable[[str], str | None], tokenizer_config: Mapping[str, Any]
+) -> ShippedTemplate | None:
     """The folder's chat template, or None. ``read_text(filename)`` returns a file's text or None if absent."""
     jinja_text = read_text("chat_template.jinja")
     if jinja_text is not None:
@@ -121,8 +124,9 @@ def _compile(source: str):
             if isinstance(name, str) and name.startswith("_"):
                 raise jinja2.exceptions.SecurityError(f"chat templates may not set {name!r} on a namespace")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationBlock, loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[GenerationBlock, loopcontrols]
+    )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -151,8 +155,14 @@ def _plain(value: Any) -> Any:
     return f"<{type(value).__name__}>"
 
 
-def render_shipped(source: str, messages: Iterable[Mapping[str, Any]], special_tokens: Mapping[str, str],
-                   add_generation_prompt: bool = False, tools: list | None = None, **variables: Any) -> str:
+def render_shipped(
+    source: str,
+    messages: Iterable[Mapping[str, Any]],
+    special_tokens: Mapping[str, str],
+    add_generation_prompt: bool = False,
+    tools: list | None = None,
+    **variables: Any,
+) -> str:
     """Render ``messages`` with the Jinja chat template ``source`` exactly as transformers does.
 
     Keys whose value is None are dropped from each message first (transformers does the same).
@@ -168,7 +178,8 @@ def render_shipped(source: str, messages: Iterable[Mapping[str, Any]], special_t
         chat.append({k: _plain(v) for k, v in message.items() if v is not None})
     context = {**{k: v for k, v in special_tokens.items() if v is not None}, **_plain(variables)}
     try:
-        return template.render(messages=chat, tools=_plain(tools), documents=None,
-                               add_generation_prompt=add_generation_prompt, **context)
+        return template.render(
+            messages=chat, tools=_plain(tools), documents=None, add_generation_prompt=add_generation_prompt, **context
+        )
     except jinja2.TemplateError as err:
         raise PhiModelError(f"the model's chat template refused the conversation: {err}") from None

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PhiModelError
-from .hub import fetch_file
-from .presets import PRESETS, TINY, canonical_preset, unknown_preset_error
+from phi_models.errors import PhiModelError
+from phi_models.hub import fetch_file
+from phi_models.presets import PRESETS, TINY, canonical_preset, unknown_preset_error
 
 
 @dataclass(frozen=True)

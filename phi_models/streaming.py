@@ -11,9 +11,9 @@ or could still be the beginning of a stop string. The emitted pieces joined alwa
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
-from .errors import PhiModelError
+from phi_models.errors import PhiModelError
 
 _INCOMPLETE = "\ufffd"
 

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from tokenizers import Tokenizer
 
-from .chat_format import CHAT_FORMATS, Segment, render_chat
-from .errors import PhiModelError
-from .json_files import read_json
-from .hub import HubFileMissing
-from .presets import PRESET_CHAT_FORMATS, tiny_tokenizer_path
-from .shipped_template import SPECIAL_TOKEN_NAMES, ShippedTemplate, find_shipped_template, render_shipped
-from .source import resolve_source
+from phi_models.chat_format import CHAT_FORMATS, Segment, render_chat
+from phi_models.errors import PhiModelError
+from phi_models.hub import HubFileMissing
+from phi_models.json_files import read_json
+from phi_models.presets import PRESET_CHAT_FORMATS, tiny_tokenizer_path
+from phi_models.shipped_template import SPECIAL_TOKEN_NAMES, ShippedTemplate, find_shipped_template, render_shipped
+from phi_models.source import resolve_source
 
 _AUTO = object()
 _END_OF_TURN = {"phi3": "<|end|>", "phi3.5": "<|end|>", "phi4-mini": "<|end|>", "phi4": "<|im_end|>"}
@@ -95,8 +96,9 @@ class PhiTokenizer:
             )
         return render_chat(messages, self.chat_format, add_generation_prompt)
 
-    def apply_chat_template(self, messages: Iterable[Mapping[str, Any]], add_generation_prompt: bool = False,
-                            **variables: Any) -> str:
+    def apply_chat_template(
+        self, messages: Iterable[Mapping[str, Any]], add_generation_prompt: bool = False, **variables: Any
+    ) -> str:
         """The conversation rendered as text.
 
         With a shipped template (``chat_template``) this is exactly transformers' ``apply_chat_template``
@@ -104,8 +106,9 @@ class PhiTokenizer:
         otherwise the hand-written chat format (no final EOS). ``variables`` reach the Jinja template only.
         """
         if self.chat_template is not None:
-            return render_shipped(self.chat_template.source, messages, self.special_tokens_map,
-                                  add_generation_prompt, **variables)
+            return render_shipped(
+                self.chat_template.source, messages, self.special_tokens_map, add_generation_prompt, **variables
+            )
         return "".join(s.text for s in self.render_chat(messages, add_generation_prompt))
 
     def __repr__(self) -> str:

@@ -17,14 +17,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("philora.commands.generate", "answer a prompt (streamed) or a JSONL file of prompts (batched)"),
     "chat": ("philora.commands.chat", "chat in the terminal in the run's template, with history and a persona"),
     "serve": ("philora.commands.serve", "OpenAI-compatible HTTP server: many adapters on one base, batched"),
-    "export": ("philora.commands.export",
-               "write a run's adapter as PEFT, GGUF (llama.cpp), an Ollama folder, or the vLLM command"),
+    "export": (
+        "philora.commands.export",
+        "write a run's adapter as PEFT, GGUF (llama.cpp), an Ollama folder, or the vLLM command",
+    ),
     "merge": ("philora.commands.merge", "fold a run's adapter into its base and write a Hugging Face checkpoint"),
     "check": ("philora.commands.check", "list what peft / vLLM / llama.cpp / Ollama would refuse in a run's adapter"),
     "push": ("philora.commands.push", "upload a run's PEFT adapter (or merged model) to the Hugging Face Hub"),
-    "eval": ("philora.commands.eval", "loss, perplexity, ROUGE, exact match and stop share of a run or model on a split"),
+    "eval": (
+        "philora.commands.eval",
+        "loss, perplexity, ROUGE, exact match and stop share of a run or model on a split",
+    ),
     "report": ("philora.commands.report", "plot a run's curves (PNG) and summarize its metrics"),
-    "lm-eval": ("philora.commands.lm_eval", "lm-evaluation-harness with the philora model registered (lm_eval's own options)"),
+    "lm-eval": (
+        "philora.commands.lm_eval",
+        "lm-evaluation-harness with the philora model registered (lm_eval's own options)",
+    ),
 }
 
 
@@ -48,19 +56,22 @@ def main(argv: list[str] | None = None) -> int:
         if not argv or argv[0] in ("-h", "--help"):
             parser.print_help()
             return 0 if argv else 2
-        from training.guidance import did_you_mean
+        from philora.training.guidance import did_you_mean
 
         valid = ", ".join(COMMANDS)
-        print(f"philora: error: unknown command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}; choose one of: {valid}",
-              file=sys.stderr)
+        print(
+            f"philora: error: unknown command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}; choose one of: {valid}",
+            file=sys.stderr,
+        )
         return 2
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
     if hasattr(module, "main"):
         return module.main(rest)
-    from training.guidance import OneLineArgumentParser  # errors on one line, listing choices, with suggestions
+    from philora.training.guidance import OneLineArgumentParser  # errors on one line, listing choices, with suggestions
 
-    parser = OneLineArgumentParser(prog=f"philora {name}", description=COMMANDS[name][1],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineArgumentParser(
+        prog=f"philora {name}", description=COMMANDS[name][1], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     module.add_arguments(parser)
     return module.run(parser.parse_args(rest))

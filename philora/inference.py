@@ -9,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from data.errors import DataError
-
-from .commands.common import CommandError
-from .prompting import check_template, default_template, stop_strings_for
-
+from philora.commands.common import CommandError
+from philora.data.errors import DataError
+from philora.prompting import check_template, default_template, stop_strings_for
 
 InferenceError = CommandError  # bad input to generate/chat/serve: one line, exit 2
 
@@ -37,9 +35,15 @@ class InferenceModel:
         return int(self.model.config.max_position_embeddings)
 
 
-def load_inference_model(target: str, *, adapter: str | None = None, quantize: str | None = None,
-                         dtype: str | None = None, device: str | None = None,
-                         template: str | None = None) -> InferenceModel:
+def load_inference_model(
+    target: str,
+    *,
+    adapter: str | None = None,
+    quantize: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    template: str | None = None,
+) -> InferenceModel:
     """Load ``target`` (a run directory, preset, hub id, local model or merged export) for inference."""
     from philora.runs import load_for_inference
 
@@ -54,6 +58,12 @@ def load_inference_model(target: str, *, adapter: str | None = None, quantize: s
     run = loaded.run
     if run is not None:
         stop_ids += [int(t) for t in getattr(run, "stop_token_ids", []) if int(t) not in stop_ids]
-    return InferenceModel(model=loaded.model.eval(), tokenizer=tokenizer, template=chosen, stop_ids=stop_ids,
-                          stop_strings=stop_strings_for(chosen), name=str(target), run=run)
-
+    return InferenceModel(
+        model=loaded.model.eval(),
+        tokenizer=tokenizer,
+        template=chosen,
+        stop_ids=stop_ids,
+        stop_strings=stop_strings_for(chosen),
+        name=str(target),
+        run=run,
+    )

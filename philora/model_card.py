@@ -7,20 +7,42 @@ import yaml
 from philora.runs import RunInfo
 
 # Named data sources -> their hub dataset ids (bundled samples and local files have none).
-_DATASETS = {"roleplay": "hieunguyenminh/roleplay", "tweetsumm": "Salesforce/dialogstudio",
-             "oasst1": "OpenAssistant/oasst1"}
-_HYPERPARAMETERS = ("lora_r", "lora_alpha", "lora_dropout", "lr", "schedule", "warmup", "epochs", "max_steps",
-                    "batch_size", "grad_accum", "max_seq_len", "packing", "optimizer", "weight_decay", "precision",
-                    "quantize", "seed")
+_DATASETS = {
+    "roleplay": "hieunguyenminh/roleplay",
+    "tweetsumm": "Salesforce/dialogstudio",
+    "oasst1": "OpenAssistant/oasst1",
+}
+_HYPERPARAMETERS = (
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lr",
+    "schedule",
+    "warmup",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "max_seq_len",
+    "packing",
+    "optimizer",
+    "weight_decay",
+    "precision",
+    "quantize",
+    "seed",
+)
 
 
 def front_matter(run: RunInfo, *, merged: bool, license_name: str) -> dict:
     """The YAML metadata the hub reads (base_model, library_name, datasets, tags, license)."""
     base = run.base_model_repo or run.base_model
-    meta = {"base_model": base, "library_name": "transformers" if merged else "peft", "license": license_name,
-            "pipeline_tag": "text-generation",
-            "tags": ["philora", "lora", "phi"] + (["merged"] if merged else ["peft"]) + (
-                ["qlora"] if run.quantize else [])}
+    meta = {
+        "base_model": base,
+        "library_name": "transformers" if merged else "peft",
+        "license": license_name,
+        "pipeline_tag": "text-generation",
+        "tags": ["philora", "lora", "phi"] + (["merged"] if merged else ["peft"]) + (["qlora"] if run.quantize else []),
+    }
     dataset = _DATASETS.get(str(run.config.get("data")))
     if dataset:
         meta["datasets"] = [dataset]
@@ -36,23 +58,32 @@ def render_card(run: RunInfo, repo_id: str, *, merged: bool, license_name: str =
     rows.append(f"| targets | {', '.join(run.targets) or run.config.get('targets')} |")
     rows.append(f"| template | {run.template} |")
     final = run.final_eval
-    results = (f"Final evaluation loss **{final['loss']:.4f}**, perplexity **{final['ppl']:.2f}** "
-               f"(step {final['step']})." if final else "The run recorded no evaluation (no validation split).")
+    results = (
+        f"Final evaluation loss **{final['loss']:.4f}**, perplexity **{final['ppl']:.2f}** (step {final['step']})."
+        if final
+        else "The run recorded no evaluation (no validation split)."
+    )
     if merged:
-        usage = (f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-                 f"model = AutoModelForCausalLM.from_pretrained(\"{repo_id}\")\n"
-                 f"tokenizer = AutoTokenizer.from_pretrained(\"{repo_id}\")\n```\n")
+        usage = (
+            f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")\n```\n'
+        )
     else:
-        usage = (f"```python\nfrom transformers import AutoModelForCausalLM\nfrom peft import PeftModel\n"
-                 f"base = AutoModelForCausalLM.from_pretrained(\"{base}\")\n"
-                 f"model = PeftModel.from_pretrained(base, \"{repo_id}\")\n```\n")
+        usage = (
+            f"```python\nfrom transformers import AutoModelForCausalLM\nfrom peft import PeftModel\n"
+            f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
+            f'model = PeftModel.from_pretrained(base, "{repo_id}")\n```\n'
+        )
     call = '"<downloaded dir>"' if merged else f'"{base}", adapter="<downloaded dir>"'
     philora_usage = f"```python\nimport philora.runs\nloaded = philora.runs.load_for_inference({call})\n```\n"
     text = "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n"
     text += f"# {repo_id.split('/')[-1]}\n\n"
-    text += (f"{'A merged model' if merged else 'A LoRA adapter'} for [{base}](https://huggingface.co/{base}), "
-             f"fine-tuned with philora on `{run.config.get('data')}`"
-             f"{' with a 4-bit ' + run.quantize + ' base (QLoRA)' if run.quantize else ''}.\n\n")
+    text += (
+        f"{'A merged model' if merged else 'A LoRA adapter'} for [{base}](https://huggingface.co/{base}), "
+        f"fine-tuned with philora on `{run.config.get('data')}`"
+        f"{' with a 4-bit ' + run.quantize + ' base (QLoRA)' if run.quantize else ''}.\n\n"
+    )
     text += "## Training\n\n| setting | value |\n|---|---|\n" + "\n".join(rows) + "\n\n"
     text += f"## Results\n\n{results}\n\n"
     text += f"## Use with transformers{'' if merged else ' + peft'}\n\n{usage}\n"

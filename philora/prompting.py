@@ -8,12 +8,13 @@ for every template).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from data.errors import DataError
-from data.templates import BASE_TEMPLATES, CHAT_TEMPLATES, TEMPLATES, check_template
-from data.templates import default_template as data_default_template
-from data.templates import render_prompt as data_render_prompt
+from philora.data.errors import DataError
+from philora.data.templates import BASE_TEMPLATES, CHAT_TEMPLATES, TEMPLATES, check_template
+from philora.data.templates import default_template as data_default_template
+from philora.data.templates import render_prompt as data_render_prompt
 
 # Base templates end a reply with the EOS they were trained on; a model that runs on into the next
 # turn is cut at that turn's header as well.

@@ -102,13 +102,15 @@ def _adapter_of(path: Path) -> Path:
     final = path / FINAL_ADAPTER
     if final.is_file():
         return final
-    from training.checkpoint import ADAPTER_FILE, list_checkpoints
+    from philora.training.checkpoint import ADAPTER_FILE, list_checkpoints
 
     checkpoints = list_checkpoints(path)
     if checkpoints:
         return checkpoints[-1] / ADAPTER_FILE
-    raise RunError(f"{path}: the run has no {FINAL_ADAPTER} and no complete checkpoint; finish it with "
-                   f"`philora train --resume latest --output-dir {path}`")
+    raise RunError(
+        f"{path}: the run has no {FINAL_ADAPTER} and no complete checkpoint; finish it with "
+        f"`philora train --resume latest --output-dir {path}`"
+    )
 
 
 def open_run(path: str | Path) -> RunInfo:
@@ -124,6 +126,7 @@ def open_run(path: str | Path) -> RunInfo:
     lora = dict(resolved.get("lora") or {})
     if not lora:  # a run from before the resolved section: the adapter file carries its LoRA config
         from lora_core import LoRAError, read_adapter
+
         try:
             lora = {k: v for k, v in read_adapter(adapter_file)[1].items() if k != "base_model"}
         except LoRAError as err:
@@ -164,8 +167,14 @@ def _check_quantize(quantize: str | None) -> None:
         raise RunError(f"quantize={quantize!r}: use none, nf4 or fp4")
 
 
-def load_for_inference(target: str | Path, *, adapter: str | Path | None = None, quantize: str | None = None,
-                       dtype: str | None = None, device: str | None = None) -> Loaded:
+def load_for_inference(
+    target: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    quantize: str | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+) -> Loaded:
     """A model in eval mode with its adapter, tokenizer and template.
 
     ``target``: a run directory (base, revision, dtype, quantization and adapter come from it), or a model

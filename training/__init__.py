@@ -3,13 +3,13 @@
 ``train.py`` is a thin CLI over :func:`training.run.main`; the pieces are importable on their own.
 """
 
-from training.errors import TrainingError
-from training.config import TrainConfig, parse_config
-from training.loss import chunked_lm_loss, count_targets
-from training.loop import accumulate_window, evaluate, fit, optimizer_step
-from training.optim import build_optimizer
-from training.precision import Precision
-from training.schedule import LRSchedule
+from philora.training.config import TrainConfig, parse_config
+from philora.training.errors import TrainingError
+from philora.training.loop import accumulate_window, evaluate, fit, optimizer_step
+from philora.training.loss import chunked_lm_loss, count_targets
+from philora.training.optim import build_optimizer
+from philora.training.precision import Precision
+from philora.training.schedule import LRSchedule
 
 __all__ = [
     "TrainingError",

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 
 from lora_core import fsync_dir
-from training.errors import TrainingError
-from training.oserrors import disk_full_is_oserror
-from training.validate_state import check_payload
+from philora.training.errors import TrainingError
+from philora.training.oserrors import disk_full_is_oserror
+from philora.training.validate_state import check_payload
 
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "training_state.pt"
@@ -93,9 +93,19 @@ def clean_leftovers(output_dir: str | os.PathLike) -> None:
     fsync_dir(root)
 
 
-def save_checkpoint(output_dir: str | os.PathLike, *, model: torch.nn.Module, optimizer, schedule, scaler,
-                    state: TrainingState, rng: dict, adapter_config: dict, keep_last: int,
-                    run_config: dict | None = None) -> Path:
+def save_checkpoint(
+    output_dir: str | os.PathLike,
+    *,
+    model: torch.nn.Module,
+    optimizer,
+    schedule,
+    scaler,
+    state: TrainingState,
+    rng: dict,
+    adapter_config: dict,
+    keep_last: int,
+    run_config: dict | None = None,
+) -> Path:
     """Write checkpoint ``step-<state.step>`` atomically, then prune to the newest ``keep_last``.
 
     ``run_config`` (the options a resume must repeat, see ``training.run``) is stored in the state.
@@ -161,14 +171,18 @@ def resolve_resume(resume: str, output_dir: str | os.PathLike) -> Path:
         clean_leftovers(output_dir)  # a save killed between its renames may have left step-N aside
         found = list_checkpoints(output_dir)
         if not found:
-            raise TrainingError(f"--resume latest: no complete checkpoint in {checkpoint_root(output_dir)} (the run "
-                                f"stopped before its first save, so there is nothing to resume); start it afresh "
-                                f"with --overwrite instead of --resume")
+            raise TrainingError(
+                f"--resume latest: no complete checkpoint in {checkpoint_root(output_dir)} (the run "
+                f"stopped before its first save, so there is nothing to resume); start it afresh "
+                f"with --overwrite instead of --resume"
+            )
         return found[-1]
     path = Path(resume)
     if not _is_complete(path):
-        raise TrainingError(f"--resume {resume}: not a checkpoint directory (expected {STATE_FILE} and {ADAPTER_FILE} in it); "
-                            f"use 'latest' or a {CHECKPOINT_DIR}/step-NNNNNN folder")
+        raise TrainingError(
+            f"--resume {resume}: not a checkpoint directory (expected {STATE_FILE} and {ADAPTER_FILE} in it); "
+            f"use 'latest' or a {CHECKPOINT_DIR}/step-NNNNNN folder"
+        )
     return path
 
 
@@ -178,7 +192,10 @@ def load_training_state(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # a truncated or foreign file: say which one
-        raise TrainingError(f"{file}: cannot be read as a training state ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]})") from None
+        raise TrainingError(
+            f"{file}: cannot be read as a training state ({type(err).__name__}: "
+            f"{(str(err).splitlines() or [''])[0][:200]})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise TrainingError(f"{file}: not a philora training state (format {STATE_FORMAT} expected)")
     check_payload(payload, file)  # counters and parts; check_against_run checks the rest against the run
@@ -187,6 +204,12 @@ def load_training_state(path: str | os.PathLike) -> dict:
 
 def state_from_payload(payload: dict) -> TrainingState:
     """The counters of a loaded training state."""
-    return TrainingState(step=payload["step"], epoch=payload["epoch"], batch_index=payload["batch_index"],
-                         tokens_seen=payload["tokens_seen"], elapsed=payload["elapsed"],
-                         best_eval_loss=payload["best_eval_loss"], extra=payload.get("extra", {}))
+    return TrainingState(
+        step=payload["step"],
+        epoch=payload["epoch"],
+        batch_index=payload["batch_index"],
+        tokens_seen=payload["tokens_seen"],
+        elapsed=payload["elapsed"],
+        best_eval_loss=payload["best_eval_loss"],
+        extra=payload.get("extra", {}),
+    )

@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from training.config_file import read_options_file
-from training.errors import TrainingError
-from training.limits import check_option_bounds
-from training.guidance import OneLineArgumentParser, did_you_mean
+from philora.training.config_file import read_options_file
+from philora.training.errors import TrainingError
+from philora.training.guidance import OneLineArgumentParser, did_you_mean
+from philora.training.limits import check_option_bounds
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 QUANTIZE = ("none", "nf4", "fp4")
@@ -41,74 +41,222 @@ class TrainConfig:
     """Every option of a training run (flag ``--foo-bar`` is field ``foo_bar``)."""
 
     # what to train
-    model: str | None = _opt(None, "model: a preset (tiny, phi-1.5, phi-2, phi-3-mini-4k, ...), a hub repo id or a local directory", kind=str, group="what")
-    data: str | None = _opt(None, "dataset: roleplay, tweetsumm, oasst1, samples/<name> (bundled) or a local .jsonl/.json/.parquet file", kind=str, group="what")
-    revision: str | None = _opt(None, "hub revision (branch, tag or commit) of --model (default: the main branch)", kind=str, group="what")
-    shape: str | None = _opt(None, "record shape of --data: messages, sharegpt, alpaca, prompt_completion or text (default: detected from the first record)", kind=str, group="what")
-    columns: str | None = _opt(None, "rename the data's columns first: FIELD=COLUMN pairs, e.g. prompt=question,completion=answer", kind=str, group="what")
-    split: str | None = _opt(None, "split of a hub dataset repo --data owner/name (default: train)", kind=str, group="what")
+    model: str | None = _opt(
+        None,
+        "model: a preset (tiny, phi-1.5, phi-2, phi-3-mini-4k, ...), a hub repo id or a local directory",
+        kind=str,
+        group="what",
+    )
+    data: str | None = _opt(
+        None,
+        "dataset: roleplay, tweetsumm, oasst1, samples/<name> (bundled) or a local .jsonl/.json/.parquet file",
+        kind=str,
+        group="what",
+    )
+    revision: str | None = _opt(
+        None, "hub revision (branch, tag or commit) of --model (default: the main branch)", kind=str, group="what"
+    )
+    shape: str | None = _opt(
+        None,
+        "record shape of --data: messages, sharegpt, alpaca, prompt_completion or text "
+        "(default: detected from the first record)",
+        kind=str,
+        group="what",
+    )
+    columns: str | None = _opt(
+        None,
+        "rename the data's columns first: FIELD=COLUMN pairs, e.g. prompt=question,completion=answer",
+        kind=str,
+        group="what",
+    )
+    split: str | None = _opt(
+        None, "split of a hub dataset repo --data owner/name (default: train)", kind=str, group="what"
+    )
     subset: str | None = _opt(None, "subset (folder) of a hub dataset repo --data owner/name", kind=str, group="what")
-    eval_data: str | None = _opt(None, "a separate evaluation dataset (same kinds as --data; default: --data's validation split or --val-fraction of it)", kind=str, group="what")
+    eval_data: str | None = _opt(
+        None,
+        "a separate evaluation dataset (same kinds as --data; default: --data's "
+        "validation split or --val-fraction of it)",
+        kind=str,
+        group="what",
+    )
     tokenizer: str | None = _opt(None, "tokenizer to use (default: the model's own)", kind=str, group="what")
-    template: str | None = _opt(None, "prompt format: model (the model's own chat template), phi3, phi3.5, phi4-mini, phi4, roleplay, human_assistant, instruct, alpaca, instruction, plain (default: model when the tokenizer ships a template, else its chat format, else the data's usual one)", kind=str, group="what")
+    template: str | None = _opt(
+        None,
+        "prompt format: model (the model's own chat template), phi3, phi3.5, phi4-mini, phi4, "
+        "roleplay, human_assistant, instruct, alpaca, instruction, plain (default: model when the tokenizer "
+        "ships a template, else its chat format, else the data's usual one)",
+        kind=str,
+        group="what",
+    )
     limit: int | None = _opt(None, "use only the first N records of the dataset", kind=int, group="what")
     val_fraction: float = _opt(0.05, "fraction of the records held out for evaluation", kind=float, group="what")
-    train_on_prompt: bool = _opt(False, "also compute the loss on prompt/user tokens (default: replies only)", kind=bool, group="what")
-    max_seq_len: int = _opt(1024, "longest training sequence in tokens (longer examples are truncated by data)", kind=int, group="what")
-    packing: bool = _opt(True, "pack several examples into one row (attention stays within each example)", kind=bool, group="what")
+    train_on_prompt: bool = _opt(
+        False, "also compute the loss on prompt/user tokens (default: replies only)", kind=bool, group="what"
+    )
+    max_seq_len: int = _opt(
+        1024, "longest training sequence in tokens (longer examples are truncated by data)", kind=int, group="what"
+    )
+    packing: bool = _opt(
+        True, "pack several examples into one row (attention stays within each example)", kind=bool, group="what"
+    )
 
     # where
-    output_dir: str | None = _opt(None, "run directory for checkpoints, metrics and the adapter (default: runs/<model>-<data>)", kind=str, group="output")
-    overwrite: bool = _opt(False, "start afresh in an output dir that holds another run (deletes its checkpoints)", kind=bool, group="output")
-    resume: str | None = _opt(None, "continue a run: 'latest' (newest complete checkpoint in --output-dir) or a checkpoint directory", kind=str, group="output")
-    save_every: int = _opt(200, "save a checkpoint every N optimizer steps (0: only at the end)", kind=int, group="output")
+    output_dir: str | None = _opt(
+        None,
+        "run directory for checkpoints, metrics and the adapter (default: runs/<model>-<data>)",
+        kind=str,
+        group="output",
+    )
+    overwrite: bool = _opt(
+        False,
+        "start afresh in an output dir that holds another run (deletes its checkpoints)",
+        kind=bool,
+        group="output",
+    )
+    resume: str | None = _opt(
+        None,
+        "continue a run: 'latest' (newest complete checkpoint in --output-dir) or a checkpoint directory",
+        kind=str,
+        group="output",
+    )
+    save_every: int = _opt(
+        200, "save a checkpoint every N optimizer steps (0: only at the end)", kind=int, group="output"
+    )
     keep_last: int = _opt(3, "keep only the newest K checkpoints", kind=int, group="output")
     eval_every: int = _opt(200, "evaluate every N optimizer steps (0: only at the end)", kind=int, group="output")
-    eval_batches: int | None = _opt(None, "evaluate on at most N batches (default: the whole validation split)", kind=int, group="output")
-    eval_generate: int = _opt(0, "at every evaluation also generate from the first N validation prompts and log ROUGE, exact match, length and stop share", kind=int, group="output")
+    eval_batches: int | None = _opt(
+        None, "evaluate on at most N batches (default: the whole validation split)", kind=int, group="output"
+    )
+    eval_generate: int = _opt(
+        0,
+        "at every evaluation also generate from the first N validation prompts and log "
+        "ROUGE, exact match, length and stop share",
+        kind=int,
+        group="output",
+    )
     eval_generate_tokens: int = _opt(128, "most new tokens per reply for --eval-generate", kind=int, group="output")
     log_every: int = _opt(10, "write a metrics line every N optimizer steps", kind=int, group="output")
-    sample_prompt: str | None = _opt(None, "prompt for the sample generation printed at the end (default: the first validation example's prompt)", kind=str, group="output")
-    sample_tokens: int = _opt(48, "tokens to generate for the sample at the end (0: no sample)", kind=int, group="output")
+    sample_prompt: str | None = _opt(
+        None,
+        "prompt for the sample generation printed at the end (default: the first validation example's prompt)",
+        kind=str,
+        group="output",
+    )
+    sample_tokens: int = _opt(
+        48, "tokens to generate for the sample at the end (0: no sample)", kind=int, group="output"
+    )
 
     # how long
     max_steps: int | None = _opt(None, "stop after N optimizer steps (default: run --epochs)", kind=int, group="length")
-    epochs: float = _opt(1.0, "number of passes over the training split (may be fractional)", kind=float, group="length")
+    epochs: float = _opt(
+        1.0, "number of passes over the training split (may be fractional)", kind=float, group="length"
+    )
     max_time: float | None = _opt(None, "stop (with a checkpoint) after this many minutes", kind=float, group="length")
 
     # optimization
     batch_size: int = _opt(4, "rows per micro-batch", kind=int, group="optim")
     eval_batch_size: int = _opt(8, "rows per evaluation batch", kind=int, group="optim")
-    grad_accum: int = _opt(1, "micro-batches per optimizer step (loss normalized by the window's target tokens)", kind=int, group="optim")
+    grad_accum: int = _opt(
+        1, "micro-batches per optimizer step (loss normalized by the window's target tokens)", kind=int, group="optim"
+    )
     lr: float = _opt(2e-4, "peak learning rate", kind=float, group="optim")
     schedule: str = _opt("cosine", "learning-rate schedule after warmup", kind=str, choices=SCHEDULES, group="optim")
-    warmup: float = _opt(0.03, "warmup: a number of steps (>= 1) or a fraction of all steps (< 1)", kind=float, group="optim")
-    min_lr_ratio: float = _opt(0.0, "final learning rate as a fraction of --lr (cosine and linear)", kind=float, group="optim")
-    optimizer: str = _opt("adamw", "adamw (torch, fused where available), adamw8bit, paged_adamw, paged_adamw8bit (bitsandbytes)", kind=str, choices=OPTIMIZERS, group="optim")
+    warmup: float = _opt(
+        0.03, "warmup: a number of steps (>= 1) or a fraction of all steps (< 1)", kind=float, group="optim"
+    )
+    min_lr_ratio: float = _opt(
+        0.0, "final learning rate as a fraction of --lr (cosine and linear)", kind=float, group="optim"
+    )
+    optimizer: str = _opt(
+        "adamw",
+        "adamw (torch, fused where available), adamw8bit, paged_adamw, paged_adamw8bit (bitsandbytes)",
+        kind=str,
+        choices=OPTIMIZERS,
+        group="optim",
+    )
     weight_decay: float = _opt(0.0, "AdamW weight decay", kind=float, group="optim")
     adam_beta1: float = _opt(0.9, "AdamW beta1", kind=float, group="optim")
     adam_beta2: float = _opt(0.999, "AdamW beta2", kind=float, group="optim")
     adam_eps: float = _opt(1e-8, "AdamW epsilon", kind=float, group="optim")
-    max_grad_norm: float = _opt(1.0, "clip the gradient norm to this value (0: no clipping; the norm is logged before clipping)", kind=float, group="optim")
+    max_grad_norm: float = _opt(
+        1.0,
+        "clip the gradient norm to this value (0: no clipping; the norm is logged before clipping)",
+        kind=float,
+        group="optim",
+    )
     seed: int = _opt(42, "seed for LoRA init, dropout and data order", kind=int, group="optim")
 
     # LoRA
     lora_r: int = _opt(16, "LoRA rank", kind=int, group="lora")
     lora_alpha: float = _opt(16.0, "LoRA alpha (scaling = alpha / r)", kind=float, group="lora")
     lora_dropout: float = _opt(0.05, "dropout on the LoRA input", kind=float, group="lora")
-    targets: str | None = _opt(None, "comma-separated module names to adapt (default: all attention and MLP projections of the model family)", kind=str, group="lora")
-    adapter: str | None = _opt(None, "start from this adapter instead of a fresh LoRA: a philora adapter file or a PEFT adapter directory (its r, alpha and targets are used; default: none)", kind=str, group="lora")
+    targets: str | None = _opt(
+        None,
+        "comma-separated module names to adapt (default: all attention and MLP projections of the model family)",
+        kind=str,
+        group="lora",
+    )
+    adapter: str | None = _opt(
+        None,
+        "start from this adapter instead of a fresh LoRA: a philora adapter file or a PEFT adapter "
+        "directory (its r, alpha and targets are used; default: none)",
+        kind=str,
+        group="lora",
+    )
 
     # hardware and precision
     device: str = _opt("auto", "cuda when available, else cpu", kind=str, choices=DEVICES, group="hw")
-    precision: str = _opt("auto", "bf16 (autocast), fp16 (autocast + grad scaler, CUDA only) or fp32; auto: bf16 where the device runs it natively, else fp16 on old GPUs / fp32 on old CPUs", kind=str, choices=PRECISIONS, group="hw")
-    dtype: str = _opt("auto", "dtype of the frozen base weights; auto: the compute dtype of --precision (LoRA weights are always fp32)", kind=str, choices=DTYPES, group="hw")
-    quantize: str = _opt("none", "load the base in 4 bits (QLoRA): nf4 or fp4, with double quantization", kind=str, choices=QUANTIZE, group="hw")
-    gradient_checkpointing: bool = _opt(False, "recompute layer activations in backward to save memory", kind=bool, group="hw")
-    pad_multiple: int = _opt(64, "right-pad batches to a multiple of this many tokens (bounds per-shape kernel memory; 1: off)", kind=int, group="hw")
-    loss_chunk: int = _opt(256, "target tokens per lm_head chunk in the loss (bounds the logits memory to chunk x vocab floats)", kind=int, group="hw")
-    fsdp: bool = _opt(False, "under torchrun: shard the base and the LoRA weights over the processes (FSDP2) instead of a whole copy per process", kind=bool, group="hw")
-    dist_timeout: float = _opt(1800.0, "under torchrun: seconds a process waits for the others in a collective before stopping with an error", kind=float, group="hw")
+    precision: str = _opt(
+        "auto",
+        "bf16 (autocast), fp16 (autocast + grad scaler, CUDA only) or fp32; auto: bf16 where the "
+        "device runs it natively, else fp16 on old GPUs / fp32 on old CPUs",
+        kind=str,
+        choices=PRECISIONS,
+        group="hw",
+    )
+    dtype: str = _opt(
+        "auto",
+        "dtype of the frozen base weights; auto: the compute dtype of --precision (LoRA weights are always fp32)",
+        kind=str,
+        choices=DTYPES,
+        group="hw",
+    )
+    quantize: str = _opt(
+        "none",
+        "load the base in 4 bits (QLoRA): nf4 or fp4, with double quantization",
+        kind=str,
+        choices=QUANTIZE,
+        group="hw",
+    )
+    gradient_checkpointing: bool = _opt(
+        False, "recompute layer activations in backward to save memory", kind=bool, group="hw"
+    )
+    pad_multiple: int = _opt(
+        64,
+        "right-pad batches to a multiple of this many tokens (bounds per-shape kernel memory; 1: off)",
+        kind=int,
+        group="hw",
+    )
+    loss_chunk: int = _opt(
+        256,
+        "target tokens per lm_head chunk in the loss (bounds the logits memory to chunk x vocab floats)",
+        kind=int,
+        group="hw",
+    )
+    fsdp: bool = _opt(
+        False,
+        "under torchrun: shard the base and the LoRA weights over the processes "
+        "(FSDP2) instead of a whole copy per process",
+        kind=bool,
+        group="hw",
+    )
+    dist_timeout: float = _opt(
+        1800.0,
+        "under torchrun: seconds a process waits for the others in a collective before stopping with an error",
+        kind=float,
+        group="hw",
+    )
 
 
 # What `python train.py` with no arguments (or --demo) runs: LoRA on the tiny random-init model
@@ -153,11 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         argument_default=argparse.SUPPRESS,
     )
-    parser.add_argument("--config", help="YAML or JSON file of options (keys as field names or flags); command-line flags override it")
+    parser.add_argument(
+        "--config", help="YAML or JSON file of options (keys as field names or flags); command-line flags override it"
+    )
     parser.add_argument("--demo", action="store_true", help="use the demo settings for every option not given")
     groups: dict[str, argparse._ArgumentGroup] = {}
-    titles = {"what": "model and data", "output": "output, checkpoints and evaluation", "length": "run length",
-              "optim": "optimization", "lora": "LoRA", "hw": "hardware and precision"}
+    titles = {
+        "what": "model and data",
+        "output": "output, checkpoints and evaluation",
+        "length": "run length",
+        "optim": "optimization",
+        "lora": "LoRA",
+        "hw": "hardware and precision",
+    }
     for name, f in FIELDS.items():
         meta = f.metadata
         group = groups.setdefault(meta["group"], parser.add_argument_group(titles[meta["group"]]))
@@ -167,8 +323,13 @@ def build_parser() -> argparse.ArgumentParser:
         if meta["kind"] is bool:
             group.add_argument(flag_name(name), dest=name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            group.add_argument(flag_name(name), dest=name, type=_cli_converter(name), help=help_text,
-                               metavar=name.upper() if not meta["choices"] else "{" + ",".join(meta["choices"]) + "}")
+            group.add_argument(
+                flag_name(name),
+                dest=name,
+                type=_cli_converter(name),
+                help=help_text,
+                metavar=name.upper() if not meta["choices"] else "{" + ",".join(meta["choices"]) + "}",
+            )
     return parser
 
 
@@ -178,6 +339,7 @@ def _cli_converter(name: str):
             return coerce(name, text, source="command line")
         except TrainingError as err:  # argparse prefixes "argument --flag: " itself
             raise argparse.ArgumentTypeError(str(err).split(": ", 1)[-1]) from None
+
     convert.__name__ = FIELDS[name].metadata["kind"].__name__  # argparse names the type in its errors
     return convert
 
@@ -240,8 +402,10 @@ def read_config_file(path: str) -> dict[str, Any]:
             unknown.append(str(key))
             continue
         if name in spelled:
-            raise TrainingError(f"--config {path}: option {flag_name(name)} is given twice ({spelled[name]!r} and "
-                                f"{str(key)!r}); keep one")
+            raise TrainingError(
+                f"--config {path}: option {flag_name(name)} is given twice ({spelled[name]!r} and "
+                f"{str(key)!r}); keep one"
+            )
         spelled[name] = str(key)
         out[name] = coerce(name, value, source=f"config file {path}")
     if unknown:
@@ -273,11 +437,25 @@ def parse_config(argv: list[str]) -> TrainConfig:
 def validate(cfg: TrainConfig) -> None:
     """Check value ranges and required options; raise a one-line TrainingError on the first problem."""
     if not cfg.model:
-        raise TrainingError("--model is required (e.g. --model phi-2); run `python train.py` with no arguments for the offline demo")
+        raise TrainingError(
+            "--model is required (e.g. --model phi-2); run `python train.py` with no arguments for the offline demo"
+        )
     if not cfg.data:
-        raise TrainingError("--data is required (e.g. --data roleplay); run `python train.py` with no arguments for the offline demo")
-    positive = ["batch_size", "eval_batch_size", "grad_accum", "lora_r", "max_seq_len", "keep_last", "log_every", "loss_chunk",
-                "pad_multiple", "eval_generate_tokens"]
+        raise TrainingError(
+            "--data is required (e.g. --data roleplay); run `python train.py` with no arguments for the offline demo"
+        )
+    positive = [
+        "batch_size",
+        "eval_batch_size",
+        "grad_accum",
+        "lora_r",
+        "max_seq_len",
+        "keep_last",
+        "log_every",
+        "loss_chunk",
+        "pad_multiple",
+        "eval_generate_tokens",
+    ]
     for name in positive:
         if getattr(cfg, name) < 1:
             raise TrainingError(f"{flag_name(name)} must be >= 1, got {getattr(cfg, name)}")
@@ -306,8 +484,10 @@ def validate(cfg: TrainConfig) -> None:
         raise TrainingError(f"--limit must be >= 1, got {cfg.limit}")
     check_option_bounds(cfg)
     if cfg.eval_generate and cfg.train_on_prompt:
-        raise TrainingError("--eval-generate needs masked prompts to generate from, and --train-on-prompt makes every "
-                            "token a target; drop one of them (philora eval RUN can still generate afterwards)")
+        raise TrainingError(
+            "--eval-generate needs masked prompts to generate from, and --train-on-prompt makes every "
+            "token a target; drop one of them (philora eval RUN can still generate afterwards)"
+        )
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:

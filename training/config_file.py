@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from training.errors import TrainingError
+from philora.training.errors import TrainingError
 
 MAX_CONFIG_BYTES = 1 << 20  # an options file is a few hundred bytes; a megabyte is generous
 MAX_DEPTH = 32
@@ -30,8 +30,9 @@ class _StrictLoader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                                                  self.peek_event().start_mark)
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+                )
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -44,14 +45,23 @@ class _StrictLoader(yaml.SafeLoader):
 
         def expanded(n) -> int:
             if id(n) not in sizes:
-                children = (n.value if isinstance(n, yaml.SequenceNode) else
-                            [x for pair in n.value for x in pair] if isinstance(n, yaml.MappingNode) else [])
+                children = (
+                    n.value
+                    if isinstance(n, yaml.SequenceNode)
+                    else [x for pair in n.value for x in pair]
+                    if isinstance(n, yaml.MappingNode)
+                    else []
+                )
                 sizes[id(n)] = min(1 + sum(expanded(c) for c in children), MAX_EXPANDED_NODES + 1)
             return sizes[id(n)]
 
         if node is not None and expanded(node) > MAX_EXPANDED_NODES:
-            raise yaml.composer.ComposerError(None, None, f"aliases expand to more than {MAX_EXPANDED_NODES:,} "
-                                              f"values (an alias bomb?)", node.start_mark)
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"aliases expand to more than {MAX_EXPANDED_NODES:,} values (an alias bomb?)",
+                node.start_mark,
+            )
         return node
 
     def construct_mapping(self, node, deep=False):
@@ -83,8 +93,10 @@ def read_options_file(path: str) -> Any:
         raise TrainingError(f"--config {path}: no such file")
     try:
         if p.stat().st_size > MAX_CONFIG_BYTES:
-            raise TrainingError(f"--config {path}: {p.stat().st_size:,} bytes is too large for an options file "
-                                f"(at most {MAX_CONFIG_BYTES:,})")
+            raise TrainingError(
+                f"--config {path}: {p.stat().st_size:,} bytes is too large for an options file "
+                f"(at most {MAX_CONFIG_BYTES:,})"
+            )
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise TrainingError(f"--config {path}: not UTF-8 text (byte {err.start}); save it as UTF-8") from None

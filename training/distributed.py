@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from training.errors import TrainingError
+from philora.training.errors import TrainingError
 
 ENV_WORLD_SIZE = "WORLD_SIZE"
 # Seed offset between ranks' dropout streams (rank 0 keeps the single-process stream).
@@ -135,8 +135,10 @@ class Distributed:
             return model
         if self.fsdp and precision == "fp16":
             # GradScaler's inf check would see only this rank's gradient shards, and ranks could disagree on skipping.
-            raise TrainingError("--fsdp with fp16: the grad scaler does not work on sharded gradients; "
-                                "use --precision bf16 or fp32, or drop --fsdp")
+            raise TrainingError(
+                "--fsdp with fp16: the grad scaler does not work on sharded gradients; "
+                "use --precision bf16 or fp32, or drop --fsdp"
+            )
         if self.fsdp:
             from torch.distributed.device_mesh import init_device_mesh
             from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
@@ -155,8 +157,10 @@ class Distributed:
             ignored += [name for name, _ in loss_module.named_buffers()]
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(loss_module, ignored)
             self._ddp = DistributedDataParallel(
-                loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                forward_sync_buffers=False)
+                loss_module,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                forward_sync_buffers=False,
+            )
         if self.rank:
             torch.manual_seed(seed + RANK_SEED_STRIDE * self.rank)
         return model
@@ -164,7 +168,7 @@ class Distributed:
     def _micro_batch_loss(self, model: nn.Module, batch: dict, chunk: int) -> torch.Tensor:
         if self._ddp is not None:
             return self._ddp(batch, chunk)
-        from training.loop import micro_batch_loss
+        from philora.training.loop import micro_batch_loss
 
         return micro_batch_loss(model, batch, chunk)
 
@@ -180,17 +184,23 @@ class Distributed:
         else:
             yield
 
-    def accumulate_window(self, model: nn.Module, micro_batches: list[dict], *, precision, scaler=None,
-                          chunk: int = 256) -> tuple[float, int]:
+    def accumulate_window(
+        self, model: nn.Module, micro_batches: list[dict], *, precision, scaler=None, chunk: int = 256
+    ) -> tuple[float, int]:
         """``training.loop.accumulate_window`` over all ranks: (mean token loss, target tokens), both global.
 
         The denominator is the target-token count of every rank's window together; DDP/FSDP
         average the gradients over the ranks, so each loss is also multiplied by the world size.
         """
-        from training.loss import count_targets
+        from philora.training.loss import count_targets
 
-        counts = self._tensor([sum(count_targets(b["targets"]) for b in micro_batches),
-                               sum(int(b["attention_mask"].sum()) for b in micro_batches)], dtype=torch.int64)
+        counts = self._tensor(
+            [
+                sum(count_targets(b["targets"]) for b in micro_batches),
+                sum(int(b["attention_mask"].sum()) for b in micro_batches),
+            ],
+            dtype=torch.int64,
+        )
         torch.distributed.all_reduce(counts)
         window_tokens, self.window_input_tokens = (int(v) for v in counts.tolist())
         denominator = max(window_tokens, 1) / self.world_size
@@ -205,20 +215,21 @@ class Distributed:
         torch.distributed.all_reduce(total)
         return total.item(), window_tokens
 
-    def evaluate(self, model: nn.Module, batches: list[dict], *, precision, chunk: int = 256,
-                 max_batches: int | None = None) -> dict:
+    def evaluate(
+        self, model: nn.Module, batches: list[dict], *, precision, chunk: int = 256, max_batches: int | None = None
+    ) -> dict:
         """``training.loop.evaluate`` over every rank's validation shard: the token-weighted mean of all.
 
         ``batches`` is this rank's shard (global batches rank, rank + world_size, ...);
         ``max_batches`` counts global batches. Under FSDP every forward is collective, so ranks
         with fewer batches run discarded forwards until all have run as many.
         """
-        from training.loop import evaluate, to_device
+        from philora.training.loop import evaluate, to_device
 
         if not self.active:
             return evaluate(model, batches, precision=precision, chunk=chunk, max_batches=max_batches)
         if max_batches:  # the first max_batches global batches: those with global index < max_batches
-            batches = batches[:max(0, math.ceil((max_batches - self.rank) / self.world_size))]
+            batches = batches[: max(0, math.ceil((max_batches - self.rank) / self.world_size))]
         fillers = 0
         if self.fsdp:  # agree on the most batches first: no other collective may come between the forwards
             most = self._tensor([len(batches)])
@@ -269,8 +280,12 @@ class Distributed:
                 for module, name, sharded, whole in swapped:
                     module._parameters[name] = sharded
                     if write_back:
-                        local = distribute_tensor(whole.detach().to(sharded.dtype), sharded.device_mesh,
-                                                  sharded.placements, src_data_rank=None)
+                        local = distribute_tensor(
+                            whole.detach().to(sharded.dtype),
+                            sharded.device_mesh,
+                            sharded.placements,
+                            src_data_rank=None,
+                        )
                         sharded.to_local().copy_(local.to_local())
 
     def load_adapter(self, model: nn.Module, path) -> None:
@@ -288,8 +303,10 @@ class Distributed:
         whole = {}
         for index in sorted(state["state"]):  # the same order on every rank: the gathers are collective
             entry = state["state"][index]
-            whole[index] = {key: entry[key].full_tensor().cpu() if isinstance(entry[key], DTensor) else entry[key]
-                            for key in sorted(entry)}
+            whole[index] = {
+                key: entry[key].full_tensor().cpu() if isinstance(entry[key], DTensor) else entry[key]
+                for key in sorted(entry)
+            }
         return dict(state, state=whole)
 
     def optimizer_state_to_load(self, saved: dict, optimizer) -> dict:
@@ -304,18 +321,21 @@ class Distributed:
             param = params[index]
             state["state"][index] = {
                 key: distribute_tensor(value.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
-                if isinstance(param, DTensor) and torch.is_tensor(value) and value.shape == param.shape else value
-                for key, value in entry.items()}
+                if isinstance(param, DTensor) and torch.is_tensor(value) and value.shape == param.shape
+                else value
+                for key, value in entry.items()
+            }
         return state
 
-    def save_checkpoint(self, output_dir, *, model, optimizer, schedule, scaler, state, rng, adapter_config,
-                        keep_last, run_config=None) -> str:
+    def save_checkpoint(
+        self, output_dir, *, model, optimizer, schedule, scaler, state, rng, adapter_config, keep_last, run_config=None
+    ) -> str:
         """``training.checkpoint.save_checkpoint`` for all ranks: rank 0 writes, every rank waits for it.
 
         The checkpoint is the single-process one plus, in ``state.extra["distributed"]``, the
         world size and every rank's RNG states (each rank restores its own on --resume).
         """
-        from training.checkpoint import save_checkpoint
+        from philora.training.checkpoint import save_checkpoint
 
         rngs: list = [None] * self.world_size
         torch.distributed.all_gather_object(rngs, rng)
@@ -324,10 +344,25 @@ class Distributed:
         path = [None]
         with self.gathered_lora(model) as writes:
             if writes:
-                snapshot = optimizer if whole_optimizer is None else types.SimpleNamespace(state_dict=lambda: whole_optimizer)
-                path = [str(save_checkpoint(output_dir, model=model, optimizer=snapshot, schedule=schedule,
-                                            scaler=scaler, state=state, rng=rng, adapter_config=adapter_config,
-                                            keep_last=keep_last, run_config=run_config))]
+                snapshot = (
+                    optimizer if whole_optimizer is None else types.SimpleNamespace(state_dict=lambda: whole_optimizer)
+                )
+                path = [
+                    str(
+                        save_checkpoint(
+                            output_dir,
+                            model=model,
+                            optimizer=snapshot,
+                            schedule=schedule,
+                            scaler=scaler,
+                            state=state,
+                            rng=rng,
+                            adapter_config=adapter_config,
+                            keep_last=keep_last,
+                            run_config=run_config,
+                        )
+                    )
+                ]
         torch.distributed.broadcast_object_list(path, src=0)  # also the barrier: nobody goes on before it is complete
         return path[0]
 
@@ -346,18 +381,26 @@ class Distributed:
         old_accum, new_accum = stored.get("grad_accum"), current.get("grad_accum")
         if old_accum is not None and old_accum * saved_world != new_accum * self.world_size:
             needed = old_accum * saved_world / self.world_size
-            hint = (f"pass --grad-accum {int(needed)}" if needed.is_integer()
-                    else f"use a number of processes that divides {old_accum * saved_world}")
+            hint = (
+                f"pass --grad-accum {int(needed)}"
+                if needed.is_integer()
+                else f"use a number of processes that divides {old_accum * saved_world}"
+            )
             raise TrainingError(
                 f"--resume: the checkpoint was trained on {saved_world} process(es) x --grad-accum {old_accum} "
                 f"micro-batches per step; {self.world_size} process(es) x --grad-accum {new_accum} changes the global "
-                f"batch (and so the run); {hint} to keep it")
+                f"batch (and so the run); {hint} to keep it"
+            )
         global_index = payload["batch_index"] * saved_world
         if global_index % self.world_size:
             raise TrainingError(
-                f"--resume: the checkpoint stopped after {global_index} batches of epoch {payload['epoch']}, which do not "
-                f"split evenly over {self.world_size} processes; resume on {saved_world} process(es)")
-        return {k: v for k, v in stored.items() if k != "grad_accum"}, {k: v for k, v in current.items() if k != "grad_accum"}
+                f"--resume: the checkpoint stopped after {global_index} batches of epoch "
+                f"{payload['epoch']}, which do not "
+                f"split evenly over {self.world_size} processes; resume on {saved_world} process(es)"
+            )
+        return {k: v for k, v in stored.items() if k != "grad_accum"}, {
+            k: v for k, v in current.items() if k != "grad_accum"
+        }
 
     def resume_rank(self, payload: dict, state, *, seed: int):
         """This rank's RNG states and data position from a checkpoint (``state`` from state_from_payload).
@@ -378,13 +421,13 @@ class Distributed:
 
     def metrics_log(self, output_dir, *, resume_step: int | None):
         """metrics.jsonl (and TensorBoard) on rank 0; a sink that keeps nothing elsewhere."""
-        from training.progress import MetricsLog
+        from philora.training.progress import MetricsLog
 
         return MetricsLog(output_dir, resume_step=resume_step) if self.is_main else _NoMetrics()
 
     def progress_bar(self, total_steps: int, *, start_step: int):
         """The progress line on rank 0; one that shows nothing elsewhere."""
-        from training.progress import ProgressBar
+        from philora.training.progress import ProgressBar
 
         stream = None if self.is_main else open(os.devnull, "w")
         return ProgressBar(total_steps, start_step=start_step, stream=stream)
@@ -398,7 +441,7 @@ class _MicroBatchLoss(nn.Module):
         self.model = model
 
     def forward(self, batch: dict, chunk: int) -> torch.Tensor:
-        from training.loop import micro_batch_loss
+        from philora.training.loop import micro_batch_loss
 
         return micro_batch_loss(self.model, batch, chunk)
 
@@ -416,8 +459,13 @@ class _NoMetrics:
 def _filler_batch() -> dict:
     """One padding-only row with no targets: a forward that FSDP ranks can run to keep step."""
     zeros = torch.zeros((1, 1), dtype=torch.long)
-    return {"input_ids": zeros, "targets": torch.full((1, 1), -100, dtype=torch.long),
-            "attention_mask": torch.ones((1, 1), dtype=torch.long), "position_ids": zeros, "document_ids": zeros + 1}
+    return {
+        "input_ids": zeros,
+        "targets": torch.full((1, 1), -100, dtype=torch.long),
+        "attention_mask": torch.ones((1, 1), dtype=torch.long),
+        "position_ids": zeros,
+        "document_ids": zeros + 1,
+    }
 
 
 def _collective_failure(err: BaseException) -> bool:
@@ -426,8 +474,18 @@ def _collective_failure(err: BaseException) -> bool:
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and any(
-        word in text for word in ("Connection closed by peer", "Connection reset", "Timed out", "timed out", "Gloo",
-                                  "NCCL", "ProcessGroup", "Broken pipe"))
+        word in text
+        for word in (
+            "Connection closed by peer",
+            "Connection reset",
+            "Timed out",
+            "timed out",
+            "Gloo",
+            "NCCL",
+            "ProcessGroup",
+            "Broken pipe",
+        )
+    )
 
 
 def _first_sentence(err: BaseException) -> str:
@@ -446,35 +504,49 @@ def open_distributed(cfg):
     timed-out collective, or any error of a rank other than 0, becomes a one-line TrainingError
     naming the rank. The process group is destroyed on the way out.
     """
-    from training.precision import resolve_device
+    from philora.training.precision import resolve_device
 
     if cfg.dist_timeout <= 0:
         raise TrainingError(f"--dist-timeout must be > 0 seconds, got {cfg.dist_timeout}")
     world_size = int(os.environ.get(ENV_WORLD_SIZE, "1") or 1)
     if world_size <= 1:
         if cfg.fsdp:
-            raise TrainingError("--fsdp shards the model over the processes of a torchrun launch; run it under "
-                                "torchrun with 2 or more processes (torchrun --nproc_per_node 2 train.py ... --fsdp), "
-                                "or drop --fsdp")
+            raise TrainingError(
+                "--fsdp shards the model over the processes of a torchrun launch; run it under "
+                "torchrun with 2 or more processes (torchrun --nproc_per_node 2 train.py ... --fsdp), "
+                "or drop --fsdp"
+            )
         yield Distributed()
         return
     if cfg.fsdp and cfg.quantize != "none":
-        raise TrainingError(f"--fsdp with --quantize {cfg.quantize}: FSDP2 cannot shard bitsandbytes 4-bit weights (their "
-                            f"quantization state lives outside the tensor it splits); drop --fsdp (data parallel "
-                            f"QLoRA: every process holds the whole 4-bit base) or drop --quantize")
+        raise TrainingError(
+            f"--fsdp with --quantize {cfg.quantize}: FSDP2 cannot shard bitsandbytes 4-bit weights (their "
+            f"quantization state lives outside the tensor it splits); drop --fsdp (data parallel "
+            f"QLoRA: every process holds the whole 4-bit base) or drop --quantize"
+        )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(cfg.device)
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise TrainingError(f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA "
-                                f"device(s) on this node; start at most that many processes per node (--nproc_per_node)")
+            raise TrainingError(
+                f"rank {rank}: LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA "
+                f"device(s) on this node; start at most that many processes per node (--nproc_per_node)"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist = Distributed(rank=rank, world_size=world_size, local_rank=local_rank, fsdp=cfg.fsdp, device=device,
-                       timeout_s=cfg.dist_timeout)
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                         timeout=datetime.timedelta(seconds=cfg.dist_timeout),
-                                         device_id=device if device.type == "cuda" else None)
+    dist = Distributed(
+        rank=rank,
+        world_size=world_size,
+        local_rank=local_rank,
+        fsdp=cfg.fsdp,
+        device=device,
+        timeout_s=cfg.dist_timeout,
+    )
+    torch.distributed.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        timeout=datetime.timedelta(seconds=cfg.dist_timeout),
+        device_id=device if device.type == "cuda" else None,
+    )
     quiet = open(os.devnull, "w") if rank else None
     stdout = sys.stdout
     if quiet is not None:
@@ -482,16 +554,17 @@ def open_distributed(cfg):
     try:
         yield dist
     except Exception as err:
-        from data import DataError
         from lora_core import LoRAError
         from phi_models import HubError, PhiModelError
+        from philora.data import DataError
 
         if _collective_failure(err):
             first = _first_sentence(err)
             raise TrainingError(
                 f"rank {rank}: lost the other training processes (one died, or did not answer within --dist-timeout "
                 f"{cfg.dist_timeout:g} s): {first}; checkpoints already written are complete, continue with "
-                f"--resume latest") from None
+                f"--resume latest"
+            ) from None
         if rank and isinstance(err, (TrainingError, LoRAError, PhiModelError, HubError, DataError)):
             raise TrainingError(f"rank {rank}: {err}") from None
         raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from training.errors import TrainingError
+from philora.training.errors import TrainingError
 
 
 def first_non_finite(model: torch.nn.Module) -> str | None:
@@ -22,8 +22,10 @@ def check_finite_lora(model: torch.nn.Module, source: str) -> None:
     """Refuse LoRA weights loaded from ``source`` when any of them is NaN or infinite."""
     name = first_non_finite(model)
     if name is not None:
-        raise TrainingError(f"{source}: LoRA parameter {name} holds NaN or infinite values; "
-                            f"resume from an earlier checkpoint or start afresh")
+        raise TrainingError(
+            f"{source}: LoRA parameter {name} holds NaN or infinite values; "
+            f"resume from an earlier checkpoint or start afresh"
+        )
 
 
 def stop_if_weights_non_finite(model: torch.nn.Module, step: int, last_checkpoint: str | None) -> None:
@@ -32,5 +34,7 @@ def stop_if_weights_non_finite(model: torch.nn.Module, step: int, last_checkpoin
     if name is None:
         return
     where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint had been saved yet"
-    raise TrainingError(f"the update of step {step} made LoRA parameter {name} NaN or infinite; stopped before "
-                        f"saving it ({where}); try a lower --lr or a larger --adam-eps")
+    raise TrainingError(
+        f"the update of step {step} made LoRA parameter {name} NaN or infinite; stopped before "
+        f"saving it ({where}); try a lower --lr or a larger --adam-eps"
+    )

@@ -12,15 +12,15 @@ Used by ``philora eval`` and, through :func:`training_generation_eval`, by ``--e
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 
-from data import IGNORE_INDEX
-from training.errors import TrainingError
-from training.gen_metrics import exact_match, mean_rouge, rouge_per_pair
-from training.precision import Precision
+from philora.data import IGNORE_INDEX
+from philora.training.errors import TrainingError
+from philora.training.gen_metrics import exact_match, mean_rouge, rouge_per_pair
+from philora.training.precision import Precision
 
 
 @dataclass
@@ -72,7 +72,7 @@ def case_from_example(example, stop_ids: Sequence[int]) -> GenerationCase | None
         reference = [int(t) for t in example.targets[start:stop]]
         if any(t not in stops for t in reference):
             # targets are shifted: position `start` predicts the reply's first token, so it ends the prompt
-            return GenerationCase(prompt_ids=[int(t) for t in example.input_ids[:start + 1]], reference_ids=reference)
+            return GenerationCase(prompt_ids=[int(t) for t in example.input_ids[: start + 1]], reference_ids=reference)
     return None
 
 
@@ -88,8 +88,17 @@ def generation_cases(examples, stop_ids: Sequence[int], limit: int | None = None
     return cases
 
 
-def generate_replies(model, prompts: list[list[int]], *, max_new_tokens: int, stop_ids: Sequence[int], pad_id: int,
-                     batch_size: int, precision: Precision, **sampling) -> list[Reply]:
+def generate_replies(
+    model,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    stop_ids: Sequence[int],
+    pad_id: int,
+    batch_size: int,
+    precision: Precision,
+    **sampling,
+) -> list[Reply]:
     """Replies to ``prompts``, ``batch_size`` at a time (similar lengths batched together).
 
     Greedy unless ``sampling`` passes phi_models.generate's temperature/top_k/top_p/seed. A prompt too
@@ -101,17 +110,24 @@ def generate_replies(model, prompts: list[list[int]], *, max_new_tokens: int, st
         raise TrainingError(f"max new tokens must be >= 1, got {max_new_tokens}")
     context = model.config.max_position_embeddings
     if max_new_tokens >= context:
-        raise TrainingError(f"max new tokens {max_new_tokens} leaves no room for a prompt in the model's "
-                            f"context of {context} positions")
+        raise TrainingError(
+            f"max new tokens {max_new_tokens} leaves no room for a prompt in the model's context of {context} positions"
+        )
     keep = context - max_new_tokens
     prompts = [p[-keep:] for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     replies: list[Reply | None] = [None] * len(prompts)
     for first in range(0, len(order), batch_size):
-        rows = order[first:first + batch_size]
+        rows = order[first : first + batch_size]
         with precision.autocast():
-            outputs = phi_models.generate(model, [prompts[i] for i in rows], max_new_tokens=max_new_tokens,
-                                          stop_ids=list(stop_ids), pad_id=pad_id, **sampling)
+            outputs = phi_models.generate(
+                model,
+                [prompts[i] for i in rows],
+                max_new_tokens=max_new_tokens,
+                stop_ids=list(stop_ids),
+                pad_id=pad_id,
+                **sampling,
+            )
         for i, ids in zip(rows, outputs):
             # generate drops the stop token, so a reply shorter than the budget is one that stopped
             replies[i] = Reply(ids=list(ids), stopped=len(ids) < max_new_tokens)
@@ -125,42 +141,58 @@ def score_replies(cases: list[GenerationCase], replies: list[Reply], tokenizer) 
     rouge = rouge_per_pair([p.strip() for p in predictions], [r.strip() for r in references])
     samples = []
     for i, (case, reply) in enumerate(zip(cases, replies)):
-        sample = {"prompt": tokenizer.decode(case.prompt_ids, skip_special_tokens=False), "reference": references[i],
-                  "reply": predictions[i], "stopped": reply.stopped, "tokens": len(reply.ids),
-                  "exact_match": exact_match(predictions[i], references[i])}
+        sample = {
+            "prompt": tokenizer.decode(case.prompt_ids, skip_special_tokens=False),
+            "reference": references[i],
+            "reply": predictions[i],
+            "stopped": reply.stopped,
+            "tokens": len(reply.ids),
+            "exact_match": exact_match(predictions[i], references[i]),
+        }
         if rouge is not None:
             sample.update(rouge[i])
         samples.append(sample)
     n = len(cases)
-    metrics = {"examples": n,
-               "exact_match": sum(s["exact_match"] for s in samples) / n if n else 0.0,
-               "reply_tokens": sum(s["tokens"] for s in samples) / n if n else 0.0,
-               "stop_share": sum(s["stopped"] for s in samples) / n if n else 0.0}
+    metrics = {
+        "examples": n,
+        "exact_match": sum(s["exact_match"] for s in samples) / n if n else 0.0,
+        "reply_tokens": sum(s["tokens"] for s in samples) / n if n else 0.0,
+        "stop_share": sum(s["stopped"] for s in samples) / n if n else 0.0,
+    }
     if rouge is not None:
         metrics.update(mean_rouge(rouge))
     return GenerationResult(metrics=metrics, samples=samples)
 
 
-def evaluate_generation(model, tokenizer, cases: list[GenerationCase], *, max_new_tokens: int, batch_size: int,
-                        precision: Precision) -> GenerationResult:
+def evaluate_generation(
+    model, tokenizer, cases: list[GenerationCase], *, max_new_tokens: int, batch_size: int, precision: Precision
+) -> GenerationResult:
     """Generate a reply for every case and score them (see the module docstring)."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    replies = generate_replies(model, [c.prompt_ids for c in cases], max_new_tokens=max_new_tokens,
-                               stop_ids=tokenizer.stop_token_ids, pad_id=pad_id, batch_size=batch_size,
-                               precision=precision)
+    replies = generate_replies(
+        model,
+        [c.prompt_ids for c in cases],
+        max_new_tokens=max_new_tokens,
+        stop_ids=tokenizer.stop_token_ids,
+        pad_id=pad_id,
+        batch_size=batch_size,
+        precision=precision,
+    )
     return score_replies(cases, replies, tokenizer)
 
 
-def training_generation_eval(tokenizer, val_examples, *, count: int, max_new_tokens: int, batch_size: int,
-                             precision: Precision) -> Callable[[torch.nn.Module], dict]:
+def training_generation_eval(
+    tokenizer, val_examples, *, count: int, max_new_tokens: int, batch_size: int, precision: Precision
+) -> Callable[[torch.nn.Module], dict]:
     """What ``--eval-generate N`` runs at each evaluation: ``model -> {"gen_rouge1": ..., "gen_stop_share": ...}``."""
     cases = generation_cases(val_examples, tokenizer.stop_token_ids, limit=count)
 
     def run(model: torch.nn.Module) -> dict:
         if not cases:
             return {}
-        result = evaluate_generation(model, tokenizer, cases, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                     precision=precision)
+        result = evaluate_generation(
+            model, tokenizer, cases, max_new_tokens=max_new_tokens, batch_size=batch_size, precision=precision
+        )
         return {f"gen_{key}": value for key, value in result.metrics.items()}
 
     return run

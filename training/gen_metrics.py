@@ -8,7 +8,7 @@ plain mean of them. Without the package the ROUGE keys are absent and :data:`ROU
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 ROUGE_HINT = "ROUGE needs the rouge-score package: pip install 'philora[eval]'"

@@ -9,7 +9,8 @@ import argparse
 import difflib
 import re
 import sys
-from typing import Iterable, NoReturn
+from collections.abc import Iterable
+from typing import NoReturn
 
 
 def did_you_mean(word: str, options: Iterable[str], *, quote: bool = False) -> str:
@@ -51,18 +52,29 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def small_data_note(total_steps: int, batches_per_epoch: int, examples: int, batch_size: int, grad_accum: int,
-                    epochs: float, max_steps: int | None, warmup_steps: int, wanted: int = 10) -> str | None:
+def small_data_note(
+    total_steps: int,
+    batches_per_epoch: int,
+    examples: int,
+    batch_size: int,
+    grad_accum: int,
+    epochs: float,
+    max_steps: int | None,
+    warmup_steps: int,
+    wanted: int = 10,
+) -> str | None:
     """A note when the run has fewer than ``wanted`` optimizer steps, suggesting --epochs; else None."""
     if total_steps >= wanted or max_steps is not None:
         return None
     per_epoch = max(1, -(-batches_per_epoch // grad_accum))
     suggested = max(1, -(-wanted // per_epoch))
     warm = f"; {warmup_steps} of them warm up, so the lr never reaches its peak for long" if warmup_steps else ""
-    return (f"note: only {total_steps} optimizer step{'s' if total_steps != 1 else ''} "
-            f"({examples} training examples -> {batches_per_epoch} batch{'es' if batches_per_epoch != 1 else ''} "
-            f"of {batch_size} per epoch, accum {grad_accum}, {epochs:g} epoch{'s' if epochs != 1 else ''}){warm}; "
-            f"pass --epochs {suggested} (or --max-steps) to train about {suggested * per_epoch} steps")
+    return (
+        f"note: only {total_steps} optimizer step{'s' if total_steps != 1 else ''} "
+        f"({examples} training examples -> {batches_per_epoch} batch{'es' if batches_per_epoch != 1 else ''} "
+        f"of {batch_size} per epoch, accum {grad_accum}, {epochs:g} epoch{'s' if epochs != 1 else ''}){warm}; "
+        f"pass --epochs {suggested} (or --max-steps) to train about {suggested * per_epoch} steps"
+    )
 
 
 def empty_reply_note(new_ids: list[int], reply: str, tokenizer) -> str | None:
@@ -71,20 +83,27 @@ def empty_reply_note(new_ids: list[int], reply: str, tokenizer) -> str | None:
         return None
     if not new_ids:
         stops = ", ".join(tokenizer.decode([i], skip_special_tokens=False) for i in tokenizer.stop_token_ids)
-        return (f"(empty: the first token generated was a stop token ({stops}), so generation stopped at once; "
-                f"common after very few steps: train longer or try another --sample-prompt)")
+        return (
+            f"(empty: the first token generated was a stop token ({stops}), so generation stopped at once; "
+            f"common after very few steps: train longer or try another --sample-prompt)"
+        )
     shown = tokenizer.decode(new_ids, skip_special_tokens=False)[:80]
     return f"(empty: the model generated only whitespace or special tokens: {shown!r})"
 
 
-def session_summary(state, start_step: int, session_seconds: float, session_tokens: int, tok_rate: float,
-                    peak_mib: float) -> str:
+def session_summary(
+    state, start_step: int, session_seconds: float, session_tokens: int, tok_rate: float, peak_mib: float
+) -> str:
     """The "done:" line, with the run's totals and this session's share labelled apart (they differ on resume)."""
-    from training.progress import format_duration
+    from philora.training.progress import format_duration
 
     if start_step == 0:
-        return (f"done: {state.step} steps, {format_duration(state.elapsed)}, {session_tokens:,} tokens at "
-                f"{tok_rate:,.0f} tok/s, peak memory {peak_mib:,.0f} MiB")
-    return (f"done: run total {state.step} steps, {format_duration(state.elapsed)}, {state.tokens_seen:,} target "
-            f"tokens; this session {state.step - start_step} steps (from step {start_step}), {session_seconds:.1f} s, "
-            f"{session_tokens:,} tokens at {tok_rate:,.0f} tok/s, peak memory {peak_mib:,.0f} MiB")
+        return (
+            f"done: {state.step} steps, {format_duration(state.elapsed)}, {session_tokens:,} tokens at "
+            f"{tok_rate:,.0f} tok/s, peak memory {peak_mib:,.0f} MiB"
+        )
+    return (
+        f"done: run total {state.step} steps, {format_duration(state.elapsed)}, {state.tokens_seen:,} target "
+        f"tokens; this session {state.step - start_step} steps (from step {start_step}), {session_seconds:.1f} s, "
+        f"{session_tokens:,} tokens at {tok_rate:,.0f} tok/s, peak memory {peak_mib:,.0f} MiB"
+    )

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-from training.checkpoint import TrainingState, save_checkpoint
-from training.errors import TrainingError
-from training.finite import stop_if_weights_non_finite
-from training.loss import chunked_lm_loss, count_targets
-from training.precision import Precision
-from training.progress import MetricsLog, ProgressBar, peak_memory_mb
-from training.rng import rng_state
-from training.signals import StopRequest
+from philora.training.checkpoint import TrainingState, save_checkpoint
+from philora.training.errors import TrainingError
+from philora.training.finite import stop_if_weights_non_finite
+from philora.training.loss import chunked_lm_loss, count_targets
+from philora.training.precision import Precision
+from philora.training.progress import MetricsLog, ProgressBar, peak_memory_mb
+from philora.training.rng import rng_state
+from philora.training.signals import StopRequest
 
 MODEL_KEYS = ("attention_mask", "position_ids", "document_ids")
 GEN_SHOWN = ("gen_rougeL", "gen_stop_share")  # generation metrics shown on the eval line
@@ -37,8 +37,9 @@ def micro_batch_loss(model: torch.nn.Module, batch: dict, chunk: int) -> torch.T
     return chunked_lm_loss(model.lm_head, hidden, batch["targets"], chunk)
 
 
-def accumulate_window(model: torch.nn.Module, micro_batches: list[dict], *, precision: Precision,
-                      scaler=None, chunk: int = 256) -> tuple[float, int]:
+def accumulate_window(
+    model: torch.nn.Module, micro_batches: list[dict], *, precision: Precision, scaler=None, chunk: int = 256
+) -> tuple[float, int]:
     """Backward over one accumulation window; returns (mean token loss of the window, target tokens).
 
     Every micro-batch's summed loss is divided by the target-token count of the *whole* window,
@@ -70,8 +71,14 @@ def optimizer_step(params: list[torch.nn.Parameter], optimizer, scaler, max_grad
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, batches: list[dict], *, precision: Precision, chunk: int = 256,
-             max_batches: int | None = None) -> dict:
+def evaluate(
+    model: torch.nn.Module,
+    batches: list[dict],
+    *,
+    precision: Precision,
+    chunk: int = 256,
+    max_batches: int | None = None,
+) -> dict:
     """Token-weighted mean loss and perplexity over ``batches``; no logits are kept."""
     was_training = model.training
     model.eval()
@@ -117,11 +124,24 @@ class FitResult:
     last_eval: dict | None
 
 
-def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], val_batches: list[dict],
-        optimizer, schedule, scaler, precision: Precision, settings: LoopSettings, state: TrainingState,
-        output_dir: str, metrics: MetricsLog, progress: ProgressBar,
-        last_checkpoint: str | None = None, generation_eval: Callable[[torch.nn.Module], dict] | None = None,
-        parallel=None) -> FitResult:
+def fit(
+    model: torch.nn.Module,
+    *,
+    epoch_batches: Callable[[int], list[dict]],
+    val_batches: list[dict],
+    optimizer,
+    schedule,
+    scaler,
+    precision: Precision,
+    settings: LoopSettings,
+    state: TrainingState,
+    output_dir: str,
+    metrics: MetricsLog,
+    progress: ProgressBar,
+    last_checkpoint: str | None = None,
+    generation_eval: Callable[[torch.nn.Module], dict] | None = None,
+    parallel=None,
+) -> FitResult:
     """Train until ``settings.total_steps`` optimizer steps (or a time limit or a signal).
 
     ``epoch_batches(e)`` returns epoch ``e``'s micro-batches (deterministic, so a resumed run
@@ -147,9 +167,18 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
 
     def save() -> str:
         state.elapsed = elapsed_before + time.perf_counter() - started
-        path = write_checkpoint(output_dir, model=model, optimizer=optimizer, schedule=schedule, scaler=scaler,
-                                state=state, rng=rng_state(), adapter_config=settings.adapter_config,
-                                keep_last=settings.keep_last, run_config=settings.run_config)
+        path = write_checkpoint(
+            output_dir,
+            model=model,
+            optimizer=optimizer,
+            schedule=schedule,
+            scaler=scaler,
+            state=state,
+            rng=rng_state(),
+            adapter_config=settings.adapter_config,
+            keep_last=settings.keep_last,
+            run_config=settings.run_config,
+        )
         return str(path)
 
     # Under torchrun a rank's validation shard can be empty while another's is not: all ranks must evaluate.
@@ -158,16 +187,24 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
     def run_eval() -> dict | None:
         if not has_val:
             return None  # no validation split (--val-fraction 0 and none in the source)
-        result = run_evaluate(model, val_batches, precision=precision, chunk=settings.loss_chunk,
-                              max_batches=settings.eval_batches)
+        result = run_evaluate(
+            model, val_batches, precision=precision, chunk=settings.loss_chunk, max_batches=settings.eval_batches
+        )
         if state.best_eval_loss is None or result["loss"] < state.best_eval_loss:
             state.best_eval_loss = result["loss"]
-        record = {"kind": "eval", "step": state.step, "loss": result["loss"], "ppl": result["ppl"],
-                  "tokens": result["tokens"]}
+        record = {
+            "kind": "eval",
+            "step": state.step,
+            "loss": result["loss"],
+            "ppl": result["ppl"],
+            "tokens": result["tokens"],
+        }
         extra = generation_eval(model) if generation_eval is not None else {}
         metrics.write({**record, **extra})
-        progress.message(f"eval @ step {state.step}: loss {result['loss']:.4f}  ppl {result['ppl']:.2f}"
-                         + "".join(f"  {k[4:]} {v:.3f}" for k, v in extra.items() if k in GEN_SHOWN))
+        progress.message(
+            f"eval @ step {state.step}: loss {result['loss']:.4f}  ppl {result['ppl']:.2f}"
+            + "".join(f"  {k[4:]} {v:.3f}" for k, v in extra.items() if k in GEN_SHOWN)
+        )
         return result
 
     stopped_by = "done"
@@ -178,35 +215,59 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
             if cached_epoch != state.epoch:
                 batches, cached_epoch = epoch_batches(state.epoch), state.epoch
                 if not batches:
-                    raise TrainingError("the training split produced no batches: use more data or a smaller --batch-size")
+                    raise TrainingError(
+                        "the training split produced no batches: use more data or a smaller --batch-size"
+                    )
             if state.batch_index >= len(batches):
                 state.epoch, state.batch_index = state.epoch + 1, 0
                 continue
-            window = [to_device(b, precision.device) for b in batches[state.batch_index:state.batch_index + settings.grad_accum]]
+            window = [
+                to_device(b, precision.device)
+                for b in batches[state.batch_index : state.batch_index + settings.grad_accum]
+            ]
             lr = schedule.get_last_lr()
-            loss, window_tokens = accumulate(model, window, precision=precision, scaler=scaler,
-                                             chunk=settings.loss_chunk)
+            loss, window_tokens = accumulate(
+                model, window, precision=precision, scaler=scaler, chunk=settings.loss_chunk
+            )
             if not math.isfinite(loss):
                 optimizer.zero_grad(set_to_none=True)
-                where = f"the last good checkpoint is {last_checkpoint}" if last_checkpoint else "no checkpoint had been saved yet"
-                raise TrainingError(f"training loss became {loss} at step {state.step + 1}; stopped before updating the weights "
-                                    f"({where}); try a lower --lr, --precision fp32 or bf16, or check the data")
+                where = (
+                    f"the last good checkpoint is {last_checkpoint}"
+                    if last_checkpoint
+                    else "no checkpoint had been saved yet"
+                )
+                raise TrainingError(
+                    f"training loss became {loss} at step {state.step + 1}; stopped before updating the weights "
+                    f"({where}); try a lower --lr, --precision fp32 or bf16, or check the data"
+                )
             grad_norm = optimizer_step(params, optimizer, scaler, settings.max_grad_norm)
             stop_if_weights_non_finite(model, state.step + 1, last_checkpoint)
             schedule.step()
             state.step += 1
             state.batch_index += len(window)
             state.tokens_seen += window_tokens
-            window_input = parallel.window_input_tokens if parallel else sum(int(b["attention_mask"].sum()) for b in window)
+            window_input = (
+                parallel.window_input_tokens if parallel else sum(int(b["attention_mask"].sum()) for b in window)
+            )
             input_tokens += window_input
             tokens_since_log += window_input
 
             now = time.perf_counter()
             if state.step % settings.log_every == 0 or state.step == settings.total_steps:
                 rate = tokens_since_log / max(now - window_started, 1e-9)
-                metrics.write({"kind": "train", "step": state.step, "epoch": state.epoch, "loss": loss, "lr": lr,
-                               "grad_norm": grad_norm, "target_tokens": window_tokens, "tokens_per_s": rate,
-                               "peak_mem_mb": peak_memory_mb(precision.device)})
+                metrics.write(
+                    {
+                        "kind": "train",
+                        "step": state.step,
+                        "epoch": state.epoch,
+                        "loss": loss,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "target_tokens": window_tokens,
+                        "tokens_per_s": rate,
+                        "peak_mem_mb": peak_memory_mb(precision.device),
+                    }
+                )
                 progress.update(state.step, loss=loss, lr=lr, tokens_per_s=rate, force_line=True)
                 window_started, tokens_since_log = now, 0
             if settings.eval_every and state.step % settings.eval_every == 0 and state.step < settings.total_steps:
@@ -224,5 +285,11 @@ def fit(model: torch.nn.Module, *, epoch_batches: Callable[[int], list[dict]], v
             last_eval = run_eval()
         last_checkpoint = save()
     progress.close()
-    return FitResult(state=state, stopped_by=stopped_by, last_checkpoint=last_checkpoint,
-                     train_seconds=time.perf_counter() - started, input_tokens=input_tokens, last_eval=last_eval)
+    return FitResult(
+        state=state,
+        stopped_by=stopped_by,
+        last_checkpoint=last_checkpoint,
+        train_seconds=time.perf_counter() - started,
+        input_tokens=input_tokens,
+        last_eval=last_eval,
+    )

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from data import IGNORE_INDEX  # the batch contract's 'no target' value, defined once in data
+from philora.data import IGNORE_INDEX  # the batch contract's 'no target' value, defined once in data
 
 
 def count_targets(targets: torch.Tensor) -> int:
@@ -80,7 +80,7 @@ def chunked_lm_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor
         # A trainable or quantized head: recompute each chunk's logits in backward instead of keeping them.
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, picked.shape[0], chunk):
-            h, t = picked[start:start + chunk], picked_targets[start:start + chunk]
+            h, t = picked[start : start + chunk], picked_targets[start : start + chunk]
             if torch.is_grad_enabled() and h.requires_grad:
                 total = total + checkpoint(_checkpointed_chunk_loss, head, h, t, use_reentrant=False)
             else:

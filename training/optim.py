@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import warnings
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
-from training.errors import TrainingError
+from philora.training.errors import TrainingError
 
 _BNB_CLASSES = {"adamw8bit": "AdamW8bit", "paged_adamw": "PagedAdamW", "paged_adamw8bit": "PagedAdamW8bit"}
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], *, name: str = "adamw", lr: float,
-                    weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999),
-                    eps: float = 1e-8) -> torch.optim.Optimizer:
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter],
+    *,
+    name: str = "adamw",
+    lr: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.Optimizer:
     """Return the optimizer ``name`` over the trainable ``params``.
 
     ``adamw`` is torch's AdamW, fused when every parameter is a floating tensor on CPU or CUDA

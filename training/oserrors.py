@@ -33,8 +33,10 @@ def describe_os_error(err: OSError) -> str:
     """One line for an OSError that reached the command line: what failed, on which path, what to do."""
     where = err.filename if err.filename is not None else "a file"
     if is_disk_full(err):
-        return (f"the disk is full (writing {where}): free some space or pick an --output-dir on another disk, "
-                f"then --resume latest; complete checkpoints are left intact")
+        return (
+            f"the disk is full (writing {where}): free some space or pick an --output-dir on another disk, "
+            f"then --resume latest; complete checkpoints are left intact"
+        )
     if err.errno in (errno.EACCES, errno.EPERM):
         return f"{where}: permission denied; make it readable/writable for this user or pick another path"
     if err.errno == errno.EROFS:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.progress import METRICS_FILE
+from philora.training.progress import METRICS_FILE
 
 PLOT_FILE = "plots.png"
 PLOT_HINT = "pip install 'philora[plot]' (matplotlib) for a PNG of loss, learning rate and tokens/s"
@@ -48,8 +48,11 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def series(records: list[dict], kind: str, key: str) -> tuple[list[int], list[float]]:
     """(steps, values) of ``key`` in the records of ``kind``, in step order, numbers only."""
-    points = sorted((r["step"], r[key]) for r in records
-                    if r.get("kind") == kind and isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool))
+    points = sorted(
+        (r["step"], r[key])
+        for r in records
+        if r.get("kind") == kind and isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool)
+    )
     return [s for s, _ in points], [v for _, v in points]
 
 
@@ -68,8 +71,15 @@ def plot_metrics(records: list[dict], out_png: str | Path, *, title: str = "") -
         steps, values = series(records, kind, key)
         drawn[name] = len(steps)
         if steps:
-            axes.plot(steps, values, color=colour, linewidth=2, marker="o" if len(steps) < 30 else None,
-                      markersize=4, antialiased=False)
+            axes.plot(
+                steps,
+                values,
+                color=colour,
+                linewidth=2,
+                marker="o" if len(steps) < 30 else None,
+                markersize=4,
+                antialiased=False,
+            )
         else:
             axes.text(0.5, 0.5, "no data", ha="center", va="center", transform=axes.transAxes, color="0.5")
         axes.set_title(name)

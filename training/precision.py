@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from phi_models import parse_dtype  # one table of dtype names, shared with the model loader
-from training.errors import TrainingError
+from philora.training.errors import TrainingError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,7 +38,9 @@ def resolve_precision(name: str, device: torch.device) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     if name == "fp16" and device.type != "cuda":
-        raise TrainingError("--precision fp16 needs a CUDA device (its grad scaler is CUDA-only); on CPU use --precision bf16 or fp32")
+        raise TrainingError(
+            "--precision fp16 needs a CUDA device (its grad scaler is CUDA-only); on CPU use --precision bf16 or fp32"
+        )
     return name
 
 

@@ -44,6 +44,7 @@ class MetricsLog:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
             except Exception:  # tensorboard not installed: JSON lines only
                 self._tb = None
@@ -99,8 +100,10 @@ class ProgressBar:
         eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
         filled = int(self.width * step / self.total)
         bar = "#" * filled + "-" * (self.width - filled)
-        line = (f"step {step}/{self.total} [{bar}] loss {loss:.4f} lr {lr:.2e} "
-                f"{tokens_per_s:,.0f} tok/s ETA {format_duration(eta)}")
+        line = (
+            f"step {step}/{self.total} [{bar}] loss {loss:.4f} lr {lr:.2e} "
+            f"{tokens_per_s:,.0f} tok/s ETA {format_duration(eta)}"
+        )
         if self.interactive:
             self.stream.write("\r" + line)
             self.stream.flush()

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from data import IGNORE_INDEX, DataError
 from lora_core import LoRAError
 from phi_models import HubError, PhiModelError
-from training.checkpoint import (
+from philora.data import IGNORE_INDEX, DataError
+from philora.training.checkpoint import (
     ADAPTER_FILE,
     CHECKPOINT_DIR,
     STATE_FILE,
@@ -24,23 +24,23 @@ from training.checkpoint import (
     resolve_resume,
     state_from_payload,
 )
-from training.config import TrainConfig, dump_config, flag_name, parse_config
-from training.distributed import Distributed, open_distributed
-from training.errors import TrainingError
-from training.finite import check_finite_lora
-from training.guidance import empty_reply_note, session_summary, small_data_note
-from training.limits import check_against_model
-from training.targets_check import check_targets, meta_model
-from training.loop import LoopSettings, fit
-from training.optim import build_optimizer
-from training.precision import Precision, base_dtype, resolve_device, resolve_precision
-from training.oserrors import describe_os_error, disk_full_is_oserror
-from training.progress import METRICS_FILE, peak_memory_mb
-from training.rundir import acquire_run_lock, clear_run, make_output_dir, release_run_locks, write_marker
-from training.rng import seed_everything, set_rng_state
-from training.schedule import LRSchedule, warmup_steps_for
-from training.signals import Terminated, sigterm_exits
-from training.validate_state import check_against_run
+from philora.training.config import TrainConfig, dump_config, flag_name, parse_config
+from philora.training.distributed import Distributed, open_distributed
+from philora.training.errors import TrainingError
+from philora.training.finite import check_finite_lora
+from philora.training.guidance import empty_reply_note, session_summary, small_data_note
+from philora.training.limits import check_against_model
+from philora.training.loop import LoopSettings, fit
+from philora.training.optim import build_optimizer
+from philora.training.oserrors import describe_os_error, disk_full_is_oserror
+from philora.training.precision import Precision, base_dtype, resolve_device, resolve_precision
+from philora.training.progress import METRICS_FILE, peak_memory_mb
+from philora.training.rng import seed_everything, set_rng_state
+from philora.training.rundir import acquire_run_lock, clear_run, make_output_dir, release_run_locks, write_marker
+from philora.training.schedule import LRSchedule, warmup_steps_for
+from philora.training.signals import Terminated, sigterm_exits
+from philora.training.targets_check import check_targets, meta_model
+from philora.training.validate_state import check_against_run
 
 CONFIG_FILE = "train_config.yaml"
 FINAL_ADAPTER = "adapter.safetensors"
@@ -59,10 +59,37 @@ DEFAULT_TARGETS = {
 # evaluation and logging, and how the same computation runs (--device, --precision, --dtype,
 # --gradient-checkpointing, --pad-multiple, --loss-chunk, --eval-batch-size).
 RESUME_LOCKED = (
-    "model", "data", "shape", "columns", "split", "subset", "eval_data", "tokenizer", "template", "limit",
-    "val_fraction", "train_on_prompt", "max_seq_len", "packing",
-    "quantize", "batch_size", "grad_accum", "seed", "lr", "schedule", "warmup", "min_lr_ratio", "optimizer",
-    "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "max_grad_norm", "lora_r", "lora_alpha", "lora_dropout",
+    "model",
+    "data",
+    "shape",
+    "columns",
+    "split",
+    "subset",
+    "eval_data",
+    "tokenizer",
+    "template",
+    "limit",
+    "val_fraction",
+    "train_on_prompt",
+    "max_seq_len",
+    "packing",
+    "quantize",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "lr",
+    "schedule",
+    "warmup",
+    "min_lr_ratio",
+    "optimizer",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_eps",
+    "max_grad_norm",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
 )
 
 
@@ -87,11 +114,16 @@ def check_resume_config(checkpoint: Path, stored: dict | None, current: dict) ->
     if stored is None:
         say(f"note: {checkpoint} records no run options (older checkpoint); resuming without checking them")
         return
-    differ = [f"{flag_name(name)} {_shown(value)} (checkpoint: {_shown(stored.get(name))})"
-              for name, value in current.items() if name in stored and stored[name] != value]
+    differ = [
+        f"{flag_name(name)} {_shown(value)} (checkpoint: {_shown(stored.get(name))})"
+        for name, value in current.items()
+        if name in stored and stored[name] != value
+    ]
     if differ:
-        raise TrainingError(f"--resume {checkpoint}: options differ from the run being resumed: {', '.join(differ)}; "
-                            f"resume with the checkpoint's values, or start a new run (--overwrite or another --output-dir)")
+        raise TrainingError(
+            f"--resume {checkpoint}: options differ from the run being resumed: {', '.join(differ)}; "
+            f"resume with the checkpoint's values, or start a new run (--overwrite or another --output-dir)"
+        )
 
 
 def say(text: str) -> None:
@@ -101,8 +133,10 @@ def say(text: str) -> None:
 
 def default_output_dir(cfg: TrainConfig) -> str:
     """``runs/<model>-<data>`` from the last path component of each name."""
+
     def short(name: str) -> str:
         return Path(name.rstrip("/")).name.replace(".", "_") or "run"
+
     return str(Path("runs") / f"{short(cfg.model)}-{short(Path(cfg.data).stem)}")
 
 
@@ -116,10 +150,14 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
     acquire_run_lock(out)  # before anything in it is changed (a run using it is named first); main() releases it
     if holds_run and not cfg.resume and not cfg.overwrite:
         if not list_checkpoints(out):
-            raise TrainingError(f"--output-dir {out} holds a run with no complete checkpoint (it stopped before "
-                                f"its first save): pass --overwrite to start it afresh, or another --output-dir")
-        raise TrainingError(f"--output-dir {out} already holds a run: pass --resume latest to continue it, "
-                            f"--overwrite to start afresh there, or another --output-dir")
+            raise TrainingError(
+                f"--output-dir {out} holds a run with no complete checkpoint (it stopped before "
+                f"its first save): pass --overwrite to start it afresh, or another --output-dir"
+            )
+        raise TrainingError(
+            f"--output-dir {out} already holds a run: pass --resume latest to continue it, "
+            f"--overwrite to start afresh there, or another --output-dir"
+        )
     if holds_run and not cfg.resume:
         clear_run(out, RUN_FILES, CHECKPOINT_DIR)
     write_marker(out)
@@ -141,14 +179,25 @@ def resolve_targets(cfg: TrainConfig, model: torch.nn.Module | None) -> list[str
 
 def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Precision):
     """Tokenizer, prepared dataset and the (possibly 4-bit) base model."""
-    import data
     import phi_models
+    from philora import data
 
     tokenizer = phi_models.load_tokenizer(cfg.tokenizer or cfg.model, revision=None if cfg.tokenizer else cfg.revision)
-    prepared = data.prepare(cfg.data, tokenizer, template=cfg.template, max_seq_len=cfg.max_seq_len,
-                            train_on_prompt=cfg.train_on_prompt, val_fraction=cfg.val_fraction,
-                            seed=cfg.seed, limit=cfg.limit, eval_data=cfg.eval_data, shape=cfg.shape,
-                            columns=cfg.columns, split=cfg.split, subset=cfg.subset)
+    prepared = data.prepare(
+        cfg.data,
+        tokenizer,
+        template=cfg.template,
+        max_seq_len=cfg.max_seq_len,
+        train_on_prompt=cfg.train_on_prompt,
+        val_fraction=cfg.val_fraction,
+        seed=cfg.seed,
+        limit=cfg.limit,
+        eval_data=cfg.eval_data,
+        shape=cfg.shape,
+        columns=cfg.columns,
+        split=cfg.split,
+        subset=cfg.subset,
+    )
     if not prepared.train:
         raise TrainingError(f"--data {cfg.data}: no training examples after preparation; check the source and --limit")
     quantize = None if cfg.quantize == "none" else cfg.quantize
@@ -177,6 +226,7 @@ def add_lora(cfg: TrainConfig, model: torch.nn.Module) -> tuple[list[str], dict]
 
     if cfg.adapter:  # continue training an adapter (ours or PEFT's): its layout replaces --targets/--lora-r
         from phi_models.adapters import attach_adapter
+
         config = attach_adapter(model, cfg.adapter, lora_dropout=cfg.lora_dropout)
         return list(config.get("adapted") or config["targets"]), dict(model.lora_core_config, base_model=cfg.model)
     targets = resolve_targets(cfg, model)
@@ -186,17 +236,29 @@ def add_lora(cfg: TrainConfig, model: torch.nn.Module) -> tuple[list[str], dict]
     return targets, dict(model.lora_core_config, base_model=cfg.model)
 
 
-def validation_batches(cfg: TrainConfig, examples: list, pad_id: int, *, rank: int = 0,
-                       world_size: int = 1) -> list[dict]:
+def validation_batches(
+    cfg: TrainConfig, examples: list, pad_id: int, *, rank: int = 0, world_size: int = 1
+) -> list[dict]:
     """The evaluation batches of ``examples`` exactly as training builds them (``philora eval`` reuses this).
 
     Under torchrun each rank gets its share, all of them kept (evaluation has no per-batch collective under DDP).
     """
-    import data
+    from philora import data
 
-    return data.make_batches(examples, batch_size=cfg.eval_batch_size, max_seq_len=cfg.max_seq_len, pad_id=pad_id,
-                             packing=cfg.packing, shuffle=False, seed=cfg.seed, epoch=0,
-                             pad_to_multiple=cfg.pad_multiple, rank=rank, world_size=world_size, drop_uneven=False)
+    return data.make_batches(
+        examples,
+        batch_size=cfg.eval_batch_size,
+        max_seq_len=cfg.max_seq_len,
+        pad_id=pad_id,
+        packing=cfg.packing,
+        shuffle=False,
+        seed=cfg.seed,
+        epoch=0,
+        pad_to_multiple=cfg.pad_multiple,
+        rank=rank,
+        world_size=world_size,
+        drop_uneven=False,
+    )
 
 
 def plan_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
@@ -212,8 +274,8 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
 
     ``dist`` is this process's place in a torchrun launch (default: a single process).
     """
-    import data
     import lora_core
+    from philora import data
 
     dist = dist or Distributed()
     device = dist.device or resolve_device(cfg.device)
@@ -244,76 +306,161 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def epoch_batches(epoch: int) -> list[dict]:
-        return data.make_batches(prepared.train, batch_size=cfg.batch_size, max_seq_len=cfg.max_seq_len,
-                                 pad_id=pad_id, packing=cfg.packing, shuffle=True, seed=cfg.seed, epoch=epoch,
-                                 pad_to_multiple=cfg.pad_multiple, rank=dist.rank, world_size=dist.world_size)
+        return data.make_batches(
+            prepared.train,
+            batch_size=cfg.batch_size,
+            max_seq_len=cfg.max_seq_len,
+            pad_id=pad_id,
+            packing=cfg.packing,
+            shuffle=True,
+            seed=cfg.seed,
+            epoch=epoch,
+            pad_to_multiple=cfg.pad_multiple,
+            rank=dist.rank,
+            world_size=dist.world_size,
+        )
 
     val_batches = validation_batches(cfg, prepared.val, pad_id, rank=dist.rank, world_size=dist.world_size)
     first_epoch = epoch_batches(0)
     total_steps = plan_steps(cfg, len(first_epoch))
     model = dist.prepare_model(model, seed=cfg.seed, precision=precision.name)  # DDP or FSDP2 under torchrun
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-    schedule = LRSchedule(optimizer, kind=cfg.schedule, peak_lr=cfg.lr, total_steps=total_steps,
-                          warmup_steps=warmup_steps_for(cfg.warmup, total_steps), min_lr_ratio=cfg.min_lr_ratio)
+    optimizer = build_optimizer(
+        params,
+        name=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
+    )
+    schedule = LRSchedule(
+        optimizer,
+        kind=cfg.schedule,
+        peak_lr=cfg.lr,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps_for(cfg.warmup, total_steps),
+        min_lr_ratio=cfg.min_lr_ratio,
+    )
     scaler = precision.make_scaler()
     state = TrainingState()
     if resume_from is not None:
         if not dist.fsdp:  # not yet under FSDP: its LoRA params and moments are sharded DTensors
             position_epoch = payload["epoch"]
-            check_against_run(payload, resume_from / STATE_FILE, optimizer=optimizer, scaler=scaler,
-                              batches_in_epoch=len(first_epoch if position_epoch == 0 else epoch_batches(position_epoch)))
+            check_against_run(
+                payload,
+                resume_from / STATE_FILE,
+                optimizer=optimizer,
+                scaler=scaler,
+                batches_in_epoch=len(first_epoch if position_epoch == 0 else epoch_batches(position_epoch)),
+            )
         state = restore(resume_from, payload, model, optimizer, schedule, scaler, dist=dist, seed=cfg.seed)
         say(f"resuming from {resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_index})")
         extended = schedule.extend_to(total_steps)  # more --max-steps/--epochs than the checkpoint planned
         if extended:
             say(extended)
-    note = small_data_note(total_steps, len(first_epoch), len(prepared.train), cfg.batch_size, cfg.grad_accum,
-                           cfg.epochs, cfg.max_steps, schedule.warmup_steps)
+    note = small_data_note(
+        total_steps,
+        len(first_epoch),
+        len(prepared.train),
+        cfg.batch_size,
+        cfg.grad_accum,
+        cfg.epochs,
+        cfg.max_steps,
+        schedule.warmup_steps,
+    )
     if note:
         say(note)
     start_step = state.step
 
     from lora_core import atomic_write
-    from training.run_record import build_record
-    record = build_record(cfg, model=model, tokenizer=tokenizer, template=prepared.template, targets=targets,
-                          adapter_config=adapter_config, precision=precision.name, device=str(device),
-                          total_steps=total_steps)
-    resolved = dump_config(cfg, extra={"precision": precision.name, "device": str(device), "targets": ",".join(targets),
-                                       "total_steps": total_steps, "processes": dist.world_size}, resolved=record)
+    from philora.training.run_record import build_record
+
+    record = build_record(
+        cfg,
+        model=model,
+        tokenizer=tokenizer,
+        template=prepared.template,
+        targets=targets,
+        adapter_config=adapter_config,
+        precision=precision.name,
+        device=str(device),
+        total_steps=total_steps,
+    )
+    resolved = dump_config(
+        cfg,
+        extra={
+            "precision": precision.name,
+            "device": str(device),
+            "targets": ",".join(targets),
+            "total_steps": total_steps,
+            "processes": dist.world_size,
+        },
+        resolved=record,
+    )
     if dist.is_main:
         atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(resolved, encoding="utf-8"))
 
-    settings = LoopSettings(total_steps=total_steps, grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm,
-                            loss_chunk=cfg.loss_chunk, log_every=cfg.log_every, eval_every=cfg.eval_every,
-                            eval_batches=cfg.eval_batches, save_every=cfg.save_every, keep_last=cfg.keep_last,
-                            max_time_s=cfg.max_time * 60 if cfg.max_time else None, adapter_config=adapter_config,
-                            run_config=locked_config(cfg, targets))
+    settings = LoopSettings(
+        total_steps=total_steps,
+        grad_accum=cfg.grad_accum,
+        max_grad_norm=cfg.max_grad_norm,
+        loss_chunk=cfg.loss_chunk,
+        log_every=cfg.log_every,
+        eval_every=cfg.eval_every,
+        eval_batches=cfg.eval_batches,
+        save_every=cfg.save_every,
+        keep_last=cfg.keep_last,
+        max_time_s=cfg.max_time * 60 if cfg.max_time else None,
+        adapter_config=adapter_config,
+        run_config=locked_config(cfg, targets),
+    )
     metrics = dist.metrics_log(out, resume_step=state.step if resume_from is not None else None)
     generation_eval = None
     if cfg.eval_generate:
-        from training.gen_eval import training_generation_eval
-        generation_eval = training_generation_eval(tokenizer, prepared.val, count=cfg.eval_generate,
-                                                   max_new_tokens=cfg.eval_generate_tokens,
-                                                   batch_size=cfg.eval_batch_size, precision=precision)
+        from philora.training.gen_eval import training_generation_eval
+
+        generation_eval = training_generation_eval(
+            tokenizer,
+            prepared.val,
+            count=cfg.eval_generate,
+            max_new_tokens=cfg.eval_generate_tokens,
+            batch_size=cfg.eval_batch_size,
+            precision=precision,
+        )
     progress = dist.progress_bar(total_steps, start_step=state.step)
-    say(f"training {total_steps} step{'s' if total_steps != 1 else ''} on {device} in {precision.name}"
+    say(
+        f"training {total_steps} step{'s' if total_steps != 1 else ''} on {device} in {precision.name}"
         f"{' with a 4-bit ' + cfg.quantize + ' base' if cfg.quantize != 'none' else ''}: "
-        f"{len(first_epoch)} batches/epoch{dist.describe()}, batch {cfg.batch_size} x accum {cfg.grad_accum}, lr {cfg.lr:g} ({cfg.schedule})")
+        f"{len(first_epoch)} batches/epoch{dist.describe()}, batch {cfg.batch_size} x accum "
+        f"{cfg.grad_accum}, lr {cfg.lr:g} ({cfg.schedule})"
+    )
     existing = list_checkpoints(out)
     try:
-        result = fit(model, epoch_batches=lambda e: first_epoch if e == 0 else epoch_batches(e), val_batches=val_batches,
-                     optimizer=optimizer, schedule=schedule, scaler=scaler, precision=precision, settings=settings,
-                     state=state, output_dir=str(out), metrics=metrics, progress=progress,
-                     last_checkpoint=str(existing[-1]) if existing else None, generation_eval=generation_eval,
-                     parallel=dist if dist.active else None)
+        result = fit(
+            model,
+            epoch_batches=lambda e: first_epoch if e == 0 else epoch_batches(e),
+            val_batches=val_batches,
+            optimizer=optimizer,
+            schedule=schedule,
+            scaler=scaler,
+            precision=precision,
+            settings=settings,
+            state=state,
+            output_dir=str(out),
+            metrics=metrics,
+            progress=progress,
+            last_checkpoint=str(existing[-1]) if existing else None,
+            generation_eval=generation_eval,
+            parallel=dist if dist.active else None,
+        )
     finally:
         metrics.close()
 
     if result.stopped_by in ("SIGINT", "SIGTERM"):
-        say(f"{result.stopped_by} received: checkpoint saved to {result.last_checkpoint} at step {state.step}; "
-            f"continue with --resume latest --output-dir {out}")
+        say(
+            f"{result.stopped_by} received: checkpoint saved to {result.last_checkpoint} at step {state.step}; "
+            f"continue with --resume latest --output-dir {out}"
+        )
         return 130 if result.stopped_by == "SIGINT" else 143
 
     adapter_path = out / FINAL_ADAPTER
@@ -321,14 +468,16 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
         if writes:
             with disk_full_is_oserror(adapter_path):
                 lora_core.save_adapter(model, adapter_path, config=adapter_config)
-            from training.run_record import write_run_peft_copy
+            from philora.training.run_record import write_run_peft_copy
+
             write_run_peft_copy(model, out, record, say)
     dist.barrier()
     print_summary(result, adapter_path, device, start_step)
     if dist.is_main:
-        from training.plots import plot_summary_line
+        from philora.training.plots import plot_summary_line
+
         say(plot_summary_line(out))
-        from deploy.checks import training_warnings
+        from philora.deploy.checks import training_warnings
 
         for line in training_warnings(out):  # what peft / vLLM / llama.cpp / Ollama would refuse, said now
             say(line)
@@ -337,9 +486,18 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
     return 0
 
 
-def restore(checkpoint: Path, payload: dict, model, optimizer, schedule, scaler, *, dist: Distributed | None = None,
-            seed: int = 0) -> TrainingState:
-    """Load a checkpoint's adapter and its read state ``payload`` (optimizer, schedule, scaler, RNG); return its counters.
+def restore(
+    checkpoint: Path,
+    payload: dict,
+    model,
+    optimizer,
+    schedule,
+    scaler,
+    *,
+    dist: Distributed | None = None,
+    seed: int = 0,
+) -> TrainingState:
+    """Load a checkpoint's adapter and read state ``payload`` (optimizer, schedule, scaler, RNG); return its counters.
 
     Under torchrun each rank takes its own RNG states and its share of the data position.
     """
@@ -365,8 +523,7 @@ def print_summary(result, adapter_path: Path, device: torch.device, start_step: 
     say("-" * 60)
     if result.stopped_by == "time":
         say(f"stopped by --max-time after step {state.step}; continue with --resume latest")
-    say(session_summary(state, start_step, result.train_seconds, result.input_tokens, tok_rate,
-                        peak_memory_mb(device)))
+    say(session_summary(state, start_step, result.train_seconds, result.input_tokens, tok_rate, peak_memory_mb(device)))
     if final is None:
         say("no evaluation: the dataset has no validation split (raise --val-fraction)")
     else:
@@ -379,12 +536,13 @@ def sample_prompt_for(cfg: TrainConfig, tokenizer, prepared) -> list[int]:
     """Token ids of the sample prompt: --sample-prompt as a user turn in the run's template (raw text for
     plain-text data), else the prompt part of the first validation example."""
     if cfg.sample_prompt:
-        import data
+        from philora import data
 
         if prepared.report.shape == "text":
             return tokenizer.encode(cfg.sample_prompt)
-        return tokenizer.encode(data.render_prompt(prepared.template, [{"role": "user", "content": cfg.sample_prompt}],
-                                                   tokenizer))
+        return tokenizer.encode(
+            data.render_prompt(prepared.template, [{"role": "user", "content": cfg.sample_prompt}], tokenizer)
+        )
     example = (prepared.val or prepared.train)[0]
     prompt = []
     for token, target in zip(example.input_ids, example.targets):
@@ -400,8 +558,9 @@ def print_sample(cfg: TrainConfig, model, tokenizer, prepared, precision: Precis
 
     prompt_ids = sample_prompt_for(cfg, tokenizer, prepared)
     with precision.autocast():
-        (new_ids,) = phi_models.generate(model, [prompt_ids], max_new_tokens=cfg.sample_tokens,
-                                         stop_ids=tokenizer.stop_token_ids, seed=cfg.seed)
+        (new_ids,) = phi_models.generate(
+            model, [prompt_ids], max_new_tokens=cfg.sample_tokens, stop_ids=tokenizer.stop_token_ids, seed=cfg.seed
+        )
     say("sample prompt: " + tokenizer.decode(prompt_ids, skip_special_tokens=False)[-300:].replace("\n", "\\n"))
     reply = tokenizer.decode(new_ids, skip_special_tokens=True)
     say("sample reply : " + (empty_reply_note(list(new_ids), reply, tokenizer) or reply.replace("\n", "\\n")))
@@ -428,8 +587,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr, flush=True)
         return 130
     except Terminated as stop:
-        print("terminated by SIGTERM outside the training steps (while loading or finishing); "
-              "checkpoints already written are complete", file=sys.stderr, flush=True)
+        print(
+            "terminated by SIGTERM outside the training steps (while loading or finishing); "
+            "checkpoints already written are complete",
+            file=sys.stderr,
+            flush=True,
+        )
         return stop.code
     finally:
         release_run_locks()

@@ -45,8 +45,18 @@ def model_base_dtype(model: torch.nn.Module) -> torch.dtype:
     return model.model.embed_tokens.weight.dtype
 
 
-def build_record(cfg, *, model, tokenizer, template: str, targets: list[str], adapter_config: dict,
-                 precision: str, device: str, total_steps: int) -> dict[str, Any]:
+def build_record(
+    cfg,
+    *,
+    model,
+    tokenizer,
+    template: str,
+    targets: list[str],
+    adapter_config: dict,
+    precision: str,
+    device: str,
+    total_steps: int,
+) -> dict[str, Any]:
     """The ``resolved:`` section of ``train_config.yaml`` for a run about to train."""
     record: dict[str, Any] = {"record_version": RECORD_VERSION}
     record.update(resolved_base(cfg.model, cfg.revision))
@@ -77,8 +87,9 @@ def write_run_peft_copy(model, out: Path, record: dict[str, Any], say) -> Path |
     from phi_models import PhiModelError, export_peft_adapter
 
     try:
-        path = export_peft_adapter(model, out / PEFT_DIR, base_model_name_or_path=record.get("base_model"),
-                                   revision=record.get("revision"))
+        path = export_peft_adapter(
+            model, out / PEFT_DIR, base_model_name_or_path=record.get("base_model"), revision=record.get("revision")
+        )
     except (LoRAError, PhiModelError) as err:  # the philora adapter is saved; say why the PEFT copy is not
         say(f"warning: no PEFT copy of the adapter in {out / PEFT_DIR}: {err}")
         return None

@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from training.errors import TrainingError
+from philora.training.errors import TrainingError
 
 LOCK_FILE = ".philora.lock"
 MARKER_FILE = ".philora-run"
@@ -35,16 +35,20 @@ def acquire_run_lock(out: Path) -> None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
-        raise TrainingError(f"--output-dir {out}: cannot create the run lock {path} ({err.strerror}); "
-                            f"check the directory's permissions or pick another --output-dir") from None
+        raise TrainingError(
+            f"--output-dir {out}: cannot create the run lock {path} ({err.strerror}); "
+            f"check the directory's permissions or pick another --output-dir"
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         holder = _read_holder(fd)
         os.close(fd)
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise TrainingError(f"--output-dir {out} is in use by another run (pid {holder}); wait for it to end, "
-                                f"stop it, or pick another --output-dir") from None
+            raise TrainingError(
+                f"--output-dir {out} is in use by another run (pid {holder}); wait for it to end, "
+                f"stop it, or pick another --output-dir"
+            ) from None
         raise TrainingError(f"--output-dir {out}: cannot lock {path} ({err.strerror})") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
@@ -92,8 +96,10 @@ def clear_run(out: Path, run_files: tuple[str, ...], checkpoint_dir: str) -> Non
     """
     if not is_philora_run(out):
         found = sorted(name for name in (*run_files, checkpoint_dir, "tensorboard") if (out / name).exists())
-        raise TrainingError(f"--overwrite: {out} holds {', '.join(found)} but no {MARKER_FILE} marker, so philora "
-                            f"did not write them; remove them yourself or pick another --output-dir")
+        raise TrainingError(
+            f"--overwrite: {out} holds {', '.join(found)} but no {MARKER_FILE} marker, so philora "
+            f"did not write them; remove them yourself or pick another --output-dir"
+        )
     for name in run_files:
         (out / name).unlink(missing_ok=True)
     _clear_folder(out / checkpoint_dir, _CHECKPOINT_ENTRY)

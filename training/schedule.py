@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from training.errors import TrainingError
+from philora.training.errors import TrainingError
 
 
 def warmup_steps_for(warmup: float, total_steps: int) -> int:
@@ -27,8 +27,16 @@ class LRSchedule:
     rate used for the optimizer step numbered ``n`` (0-based).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, kind: str, peak_lr: float, total_steps: int,
-                 warmup_steps: int = 0, min_lr_ratio: float = 0.0):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        kind: str,
+        peak_lr: float,
+        total_steps: int,
+        warmup_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+    ):
         if kind not in ("cosine", "linear", "constant"):
             raise TrainingError(f"--schedule: unknown schedule {kind!r}; choose cosine, linear or constant")
         self.optimizer = optimizer
@@ -81,13 +89,21 @@ class LRSchedule:
         before = self.get_last_lr()
         old, self.total_steps = self.total_steps, int(total_steps)
         self._apply()
-        return (f"schedule extended from {old} to {self.total_steps} steps ({self.kind} stretched over the new "
-                f"length): lr at step {self.last_step} is {self.get_last_lr():.3g} (was {before:.3g})")
+        return (
+            f"schedule extended from {old} to {self.total_steps} steps ({self.kind} stretched over the new "
+            f"length): lr at step {self.last_step} is {self.get_last_lr():.3g} (was {before:.3g})"
+        )
 
     def state_dict(self) -> dict:
         """Everything needed to continue the schedule."""
-        return {"kind": self.kind, "peak_lr": self.peak_lr, "total_steps": self.total_steps,
-                "warmup_steps": self.warmup_steps, "min_lr_ratio": self.min_lr_ratio, "last_step": self.last_step}
+        return {
+            "kind": self.kind,
+            "peak_lr": self.peak_lr,
+            "total_steps": self.total_steps,
+            "warmup_steps": self.warmup_steps,
+            "min_lr_ratio": self.min_lr_ratio,
+            "last_step": self.last_step,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``; the schedule's shape comes from the checkpoint, not the new flags."""

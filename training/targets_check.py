@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.errors import TrainingError
-from training.guidance import did_you_mean
+from philora.training.errors import TrainingError
+from philora.training.guidance import did_you_mean
 
 
 def targetable_names(model: nn.Module) -> list[str]:
@@ -54,5 +54,7 @@ def check_targets(targets: list[str], model: nn.Module) -> None:
         valid = short_names(names)
         hints = "".join(did_you_mean(t, valid) for t in unknown if not t.startswith("re:"))
         verb = "matches" if len(unknown) == 1 else "match"
-        raise TrainingError(f"--targets: {', '.join(unknown)} {verb} no layer of this model{hints}; "
-                            f"targetable names: {', '.join(valid)}")
+        raise TrainingError(
+            f"--targets: {', '.join(unknown)} {verb} no layer of this model{hints}; "
+            f"targetable names: {', '.join(valid)}"
+        )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from training.errors import TrainingError
+from philora.training.errors import TrainingError
 
 _SCHEDULE_KINDS = ("cosine", "linear", "constant")
 _MT_WORDS = 624  # Mersenne Twister state words (python and numpy)
@@ -28,9 +28,11 @@ class _Checker:
         self.file = file
 
     def fail(self, field: str, problem: str):
-        raise TrainingError(f"{self.file}: field {field} {problem}; the checkpoint is damaged or not from this "
-                            f"run: resume from another checkpoint (--resume {self.file.parent.parent}/step-NNNNNN) "
-                            f"or start afresh")
+        raise TrainingError(
+            f"{self.file}: field {field} {problem}; the checkpoint is damaged or not from this "
+            f"run: resume from another checkpoint (--resume {self.file.parent.parent}/step-NNNNNN) "
+            f"or start afresh"
+        )
 
     def integer(self, field: str, value, low: int = 0, high: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -82,8 +84,9 @@ def check_against_run(payload: dict, file: Path, *, optimizer, scaler, batches_i
     """Everything the run will load from ``payload``, against the run's own optimizer, scaler and data."""
     check = _Checker(Path(file))
     if payload["batch_index"] > batches_in_epoch:
-        check.fail("batch_index", f"is {payload['batch_index']} but epoch {payload['epoch']} has "
-                                  f"{batches_in_epoch} batches")
+        check.fail(
+            "batch_index", f"is {payload['batch_index']} but epoch {payload['epoch']} has {batches_in_epoch} batches"
+        )
     _check_optimizer(check, payload["optimizer"], optimizer)
     _check_schedule(check, payload["schedule"], payload["step"])
     if scaler is not None and payload.get("scaler") is not None:
@@ -121,13 +124,17 @@ def _check_optimizer(check: _Checker, loaded: dict, optimizer) -> None:
             if key not in group:
                 check.fail(f"{where}.{key}", "is missing")
             if _plain(group[key]) != _plain(value):
-                check.fail(f"{where}.{key}", f"is {_plain(group[key])!r:.60}, this run's optimizer has {_plain(value)!r:.60}")
+                check.fail(
+                    f"{where}.{key}", f"is {_plain(group[key])!r:.60}, this run's optimizer has {_plain(value)!r:.60}"
+                )
         if "lr" in group:
             check.number(f"{where}.lr", group["lr"])
     state, want_state = loaded["state"], expected["state"]
     if set(state) - set(want_state):
-        check.fail("optimizer.state", f"holds parameters {sorted(set(state) - set(want_state), key=str)[:5]} "
-                                      f"this run does not have")
+        check.fail(
+            "optimizer.state",
+            f"holds parameters {sorted(set(state) - set(want_state), key=str)[:5]} this run does not have",
+        )
     for key, entry in state.items():
         where = f"optimizer.state[{key}]"
         entry, want = check.mapping(where, entry), want_state[key]
@@ -142,8 +149,10 @@ def _check_state_value(check: _Checker, field: str, value, want) -> None:
         if not isinstance(value, torch.Tensor):
             check.fail(field, f"must be a tensor, got {type(value).__name__}")
         if tuple(value.shape) != tuple(want.shape) or value.dtype != want.dtype:
-            check.fail(field, f"is a {value.dtype} tensor of shape {list(value.shape)}, "
-                              f"expected {want.dtype} {list(want.shape)}")
+            check.fail(
+                field,
+                f"is a {value.dtype} tensor of shape {list(value.shape)}, expected {want.dtype} {list(want.shape)}",
+            )
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             check.fail(field, "holds NaN or infinite values")
         if field.endswith(".step") and value.numel() == 1 and float(value) < 0:
@@ -198,9 +207,13 @@ def _check_rng(check: _Checker, rng: dict) -> None:
     want_version = random.getstate()[0]
     if version != want_version:
         check.fail("rng.python", f"has version {version!r:.20}, this Python uses {want_version}")
-    if (not isinstance(words, (tuple, list)) or len(words) != _MT_WORDS + 1
-            or not all(isinstance(w, int) and not isinstance(w, bool) and 0 <= w < 2**32 for w in words[:-1])
-            or not isinstance(words[-1], int) or not 0 <= words[-1] <= _MT_WORDS):
+    if (
+        not isinstance(words, (tuple, list))
+        or len(words) != _MT_WORDS + 1
+        or not all(isinstance(w, int) and not isinstance(w, bool) and 0 <= w < 2**32 for w in words[:-1])
+        or not isinstance(words[-1], int)
+        or not 0 <= words[-1] <= _MT_WORDS
+    ):
         check.fail("rng.python", f"must hold {_MT_WORDS} 32-bit words and a position")
     if gauss is not None:
         check.number("rng.python gauss", gauss, low=None)
@@ -208,8 +221,13 @@ def _check_rng(check: _Checker, rng: dict) -> None:
     if numpy.get("kind") != "MT19937":
         check.fail("rng.numpy.kind", f"is {numpy.get('kind')!r:.20}, expected 'MT19937'")
     keys = numpy.get("keys")
-    if (not isinstance(keys, torch.Tensor) or keys.dtype != torch.int64 or tuple(keys.shape) != (_MT_WORDS,)
-            or bool((keys < 0).any()) or bool((keys >= 2**32).any())):
+    if (
+        not isinstance(keys, torch.Tensor)
+        or keys.dtype != torch.int64
+        or tuple(keys.shape) != (_MT_WORDS,)
+        or bool((keys < 0).any())
+        or bool((keys >= 2**32).any())
+    ):
         check.fail("rng.numpy.keys", f"must be {_MT_WORDS} int64 values in [0, 2**32)")
     check.integer("rng.numpy.pos", numpy.get("pos"), high=_MT_WORDS)
     check.integer("rng.numpy.has_gauss", numpy.get("has_gauss"), high=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..conversation import Conversation
+from philora.data.conversation import Conversation
 
 
 @dataclass

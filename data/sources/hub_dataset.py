@@ -12,21 +12,33 @@ from __future__ import annotations
 import re
 from pathlib import PurePosixPath
 
-from ..errors import DataError
-from .base import SourceData
-from .local_files import parse_records
-from .records import SUFFIXES, read_records
+from philora.data.errors import DataError
+from philora.data.sources.base import SourceData
+from philora.data.sources.local_files import parse_records
+from philora.data.sources.records import SUFFIXES, read_records
 
-SPLIT_WORDS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
-               "val": "validation", "dev": "validation", "test": "test", "testing": "test", "eval": "validation"}
+SPLIT_WORDS = {
+    "train": "train",
+    "training": "train",
+    "validation": "validation",
+    "valid": "validation",
+    "val": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+    "eval": "validation",
+}
 NOT_DATA = {"dataset_info.json", "dataset_infos.json", "config.json", "package.json", "tokenizer.json"}
 
 
 def looks_like_repo_id(text: str) -> bool:
     """``owner/name`` without a file suffix (a path that does not exist is not a repo id if it has one)."""
     parts = text.split("/")
-    return (len(parts) == 2 and all(re.fullmatch(r"[\w.-]+", p) for p in parts)
-            and not any(text.lower().endswith(suffix) for suffix, _ in SUFFIXES))
+    return (
+        len(parts) == 2
+        and all(re.fullmatch(r"[\w.-]+", p) for p in parts)
+        and not any(text.lower().endswith(suffix) for suffix, _ in SUFFIXES)
+    )
 
 
 def split_of(path: str) -> str:
@@ -55,8 +67,15 @@ def data_files(files: list[str], subset: str | None) -> list[str]:
     return sorted(picked)
 
 
-def load_hub_dataset(repo_id: str, *, split: str | None = None, subset: str | None = None,
-                     revision: str | None = None, shape: str | None = None, columns=None) -> SourceData:
+def load_hub_dataset(
+    repo_id: str,
+    *,
+    split: str | None = None,
+    subset: str | None = None,
+    revision: str | None = None,
+    shape: str | None = None,
+    columns=None,
+) -> SourceData:
     """Parse the ``split`` (default train) of hub dataset ``repo_id``; its validation split, if any, is ``val``."""
     from phi_models.hub import HubError, fetch_file, list_repo_files
 
@@ -66,15 +85,18 @@ def load_hub_dataset(repo_id: str, *, split: str | None = None, subset: str | No
         raise DataError(str(err)) from None
     if not files:
         which = f" for subset {subset!r}" if subset else ""
-        raise DataError(f"dataset repo '{repo_id}' has no .parquet/.jsonl/.json/.csv/.tsv data files{which}; "
-                        f"(datasets built by a loading script cannot be read: pass a local export with --data)")
+        raise DataError(
+            f"dataset repo '{repo_id}' has no .parquet/.jsonl/.json/.csv/.tsv data files{which}; "
+            f"(datasets built by a loading script cannot be read: pass a local export with --data)"
+        )
     by_split: dict[str, list[str]] = {}
     for path in files:
         by_split.setdefault(split_of(path), []).append(path)
     wanted = split or "train"
     if wanted not in by_split:
-        raise DataError(f"dataset repo '{repo_id}' has no split {wanted!r}; its splits are {sorted(by_split)} "
-                        f"(pass --split)")
+        raise DataError(
+            f"dataset repo '{repo_id}' has no split {wanted!r}; its splits are {sorted(by_split)} (pass --split)"
+        )
 
     def read(paths: list[str]):
         for path in paths:
@@ -91,6 +113,11 @@ def load_hub_dataset(repo_id: str, *, split: str | None = None, subset: str | No
     val = None
     if wanted == "train" and "validation" in by_split:
         val, _ = parse_records(read(by_split["validation"]), shape=kind, columns=columns)
-    return SourceData(name=repo_id, kind=kind, train=train, val=val,
-                      records=len(train) + (len(val) if val else 0),
-                      notes={"files": by_split[wanted], "split": wanted})
+    return SourceData(
+        name=repo_id,
+        kind=kind,
+        train=train,
+        val=val,
+        records=len(train) + (len(val) if val else 0),
+        notes={"files": by_split[wanted], "split": wanted},
+    )

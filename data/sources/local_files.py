@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..conversation import Conversation, Message, make_conversation, normalize_role
-from ..errors import DataError
-from .base import SourceData
-from .records import read_records, require_fields
+from philora.data.conversation import Conversation, Message, make_conversation, normalize_role
+from philora.data.errors import DataError
+from philora.data.sources.base import SourceData
+from philora.data.sources.records import read_records, require_fields
 
 # Shape name -> the keys that identify it, checked in this order (first match wins).
 SHAPES = {
@@ -25,8 +25,10 @@ def detect_shape(record: dict, where: str) -> str:
         if all(k in record for k in keys):
             return shape
     expected = " | ".join("+".join(keys) for keys in SHAPES.values())
-    raise DataError(f"{where}: unknown record shape, fields found {sorted(record)}; expected one of "
-                    f"{expected}, or force one with shape=")
+    raise DataError(
+        f"{where}: unknown record shape, fields found {sorted(record)}; expected one of "
+        f"{expected}, or force one with shape="
+    )
 
 
 def parse_columns(spec: str | dict | None) -> dict[str, str]:
@@ -42,8 +44,10 @@ def parse_columns(spec: str | dict | None) -> dict[str, str]:
     for ours, theirs in pairs:
         ours, theirs = str(ours).strip(), str(theirs).strip()
         if not ours or not theirs:
-            raise DataError(f"columns={spec!r}: write FIELD=COLUMN pairs separated by commas, "
-                            f"e.g. prompt=question,completion=answer")
+            raise DataError(
+                f"columns={spec!r}: write FIELD=COLUMN pairs separated by commas, "
+                f"e.g. prompt=question,completion=answer"
+            )
         if theirs in mapping:
             raise DataError(f"columns={spec!r}: column {theirs!r} is mapped twice")
         mapping[theirs] = ours
@@ -56,8 +60,10 @@ def rename_columns(record: dict, mapping: dict[str, str], where: str) -> dict:
         return record
     missing = [column for column in mapping if column not in record]
     if missing:
-        raise DataError(f"{where}: --columns names column(s) {missing} that the record does not have; "
-                        f"its columns are {sorted(record)}")
+        raise DataError(
+            f"{where}: --columns names column(s) {missing} that the record does not have; "
+            f"its columns are {sorted(record)}"
+        )
     renamed = {k: v for k, v in record.items() if k not in mapping}
     renamed.update({mapping[column]: record[column] for column in mapping})
     return renamed
@@ -76,11 +82,14 @@ def _content_text(content, where: str, content_key: str) -> str:
                 texts.append(part["text"])
             else:
                 kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise DataError(f"{where}: content part {number} is {kind!r}; only text parts "
-                                f"({{\"type\": \"text\", \"text\": ...}}) can be trained on, so remove the others")
+                raise DataError(
+                    f"{where}: content part {number} is {kind!r}; only text parts "
+                    f'({{"type": "text", "text": ...}}) can be trained on, so remove the others'
+                )
         return "".join(texts)
-    raise DataError(f"{where}: field {content_key!r} must be a string or a list of text parts, "
-                    f"got {type(content).__name__}")
+    raise DataError(
+        f"{where}: field {content_key!r} must be a string or a list of text parts, got {type(content).__name__}"
+    )
 
 
 def _message_list(items, where: str, role_key: str, content_key: str) -> list[Message]:
@@ -121,15 +130,20 @@ def record_to_conversation(record: dict, shape: str, where: str) -> Conversation
         extra = _text_field(record, "input", where)
         user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
         meta = {"shape": "alpaca", "instruction": instruction, "input": extra if extra.strip() else ""}
-        return make_conversation([Message("user", user), Message("assistant", _text_field(record, "output", where))],
-                                 where, meta)
+        return make_conversation(
+            [Message("user", user), Message("assistant", _text_field(record, "output", where))], where, meta
+        )
     if shape == "prompt_completion":
         prompt, completion = record["prompt"], record["completion"]
         if isinstance(prompt, list) and isinstance(completion, list):  # conversational prompt/completion
-            messages = _message_list(prompt, where, "role", "content") + _message_list(completion, where, "role", "content")
+            messages = _message_list(prompt, where, "role", "content") + _message_list(
+                completion, where, "role", "content"
+            )
             return make_conversation(messages, where)
-        messages = [Message("user", _text_field(record, "prompt", where)),
-                    Message("assistant", _text_field(record, "completion", where))]
+        messages = [
+            Message("user", _text_field(record, "prompt", where)),
+            Message("assistant", _text_field(record, "completion", where)),
+        ]
         return make_conversation(messages, where, {"shape": "prompt_completion"})
     return Conversation(text=_text_field(record, "text", where), origin=where)
 

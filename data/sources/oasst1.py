@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from ..conversation import Message, make_conversation
-from ..errors import DataError
-from .base import SourceData
-from .records import read_records, require_fields
+from philora.data.conversation import Message, make_conversation
+from philora.data.errors import DataError
+from philora.data.sources.base import SourceData
+from philora.data.sources.records import read_records, require_fields
 
 REPO_ID = "OpenAssistant/oasst1"
 TRAIN_FILE = "data/train-00000-of-00001-b42a775f407cee45.parquet"
@@ -48,18 +48,25 @@ def flatten_trees(rows: list[tuple[str, dict]], lang: str | list[str] | None):
         messages = []
         for node in path:
             if node["role"] not in ("prompter", "assistant"):
-                raise DataError(f"{origins[node['message_id']]}: field 'role' is {node['role']!r}; expected 'prompter' or 'assistant'")
+                raise DataError(
+                    f"{origins[node['message_id']]}: field 'role' is {node['role']!r}; "
+                    "expected 'prompter' or 'assistant'"
+                )
             messages.append(Message("user" if node["role"] == "prompter" else "assistant", node["text"]))
         conversations.append(make_conversation(messages, origins[root["message_id"]], {"lang": root["lang"]}))
     return conversations, filtered
 
 
-def load_oasst1(train_files: list[Path], val_files: list[Path] | None, *, lang: str | list[str] | None = "en",
-                name: str = "oasst1") -> SourceData:
+def load_oasst1(
+    train_files: list[Path], val_files: list[Path] | None, *, lang: str | list[str] | None = "en", name: str = "oasst1"
+) -> SourceData:
     """Parse oasst1 parquet split(s); ``lang`` keeps only trees whose root is in that language (None keeps all)."""
+
     def parse(files):
         rows = [item for path in files for item in read_records(path)]
-        return flatten_trees(rows, lang), len({r.get("message_tree_id", w) for w, r in rows if r.get("parent_id") is None})
+        return flatten_trees(rows, lang), len(
+            {r.get("message_tree_id", w) for w, r in rows if r.get("parent_id") is None}
+        )
 
     (train, filtered), trees = parse(train_files)
     val, val_trees = None, 0

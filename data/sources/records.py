@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from ..errors import DataError
-from ..limits import MAX_EXPANSION, MAX_JSON_FILE_BYTES, MAX_LINE_CHARS, PARQUET_BATCH_ROWS, expansion_limit
+from philora.data.errors import DataError
+from philora.data.limits import MAX_EXPANSION, MAX_JSON_FILE_BYTES, MAX_LINE_CHARS, PARQUET_BATCH_ROWS, expansion_limit
 
 FORMATS = ("jsonl", "json", "parquet", "csv", "tsv")
-SUFFIXES = ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".parquet", "parquet"),
-            (".csv", "csv"), (".tsv", "tsv"))
+SUFFIXES = (
+    (".jsonl", "jsonl"),
+    (".ndjson", "jsonl"),
+    (".json", "json"),
+    (".parquet", "parquet"),
+    (".csv", "csv"),
+    (".tsv", "tsv"),
+)
 
 
 def file_format(path: Path) -> str:
@@ -35,8 +41,9 @@ def read_records(path: str | Path) -> Iterator[tuple[str, dict]]:
     if path.is_dir():
         raise DataError(f"{path}: is a directory; pass a .jsonl, .json or .parquet file or a named source")
     if not path.is_file():
-        raise DataError(f"{path}: no such file; pass an existing .jsonl, .json, .parquet, .csv or .tsv file "
-                        f"or a named source")
+        raise DataError(
+            f"{path}: no such file; pass an existing .jsonl, .json, .parquet, .csv or .tsv file or a named source"
+        )
     fmt = file_format(path)
     try:
         if fmt == "jsonl":
@@ -76,8 +83,9 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
             try:
                 line = handle.readline(MAX_LINE_CHARS + 1)
             except UnicodeDecodeError as err:
-                raise DataError(f"{where}: not UTF-8 text (byte {err.start} of a read block); save the file as "
-                                f"UTF-8") from None
+                raise DataError(
+                    f"{where}: not UTF-8 text (byte {err.start} of a read block); save the file as UTF-8"
+                ) from None
             if not line:
                 return
             if len(line) > MAX_LINE_CHARS:
@@ -108,8 +116,10 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict]]:
         elif len(list_values) == 1 and all(isinstance(r, dict) for r in list_values[0]):
             items = [(f"{path} record {i}", r) for i, r in enumerate(list_values[0])]
         else:
-            raise DataError(f"{path}: expected a JSON list of records or a dict of records; "
-                            f"found a dict with keys {sorted(data)[:8]}")
+            raise DataError(
+                f"{path}: expected a JSON list of records or a dict of records; "
+                f"found a dict with keys {sorted(data)[:8]}"
+            )
     elif isinstance(data, list):
         items = [(f"{path} record {i}", r) for i, r in enumerate(data)]
     else:
@@ -129,9 +139,11 @@ def _read_delimited(path: Path, delimiter: str) -> Iterator[tuple[str, dict]]:
                 return
             for record in reader:
                 if None in record:  # more cells than header names
-                    raise DataError(f"{path}:{reader.line_num}: {len(record[None]) + len(reader.fieldnames)} cells "
-                                    f"but the header names {len(reader.fieldnames)} columns; quote cells that "
-                                    f"contain the delimiter")
+                    raise DataError(
+                        f"{path}:{reader.line_num}: {len(record[None]) + len(reader.fieldnames)} cells "
+                        f"but the header names {len(reader.fieldnames)} columns; quote cells that "
+                        f"contain the delimiter"
+                    )
                 if not any((value or "").strip() for value in record.values()):
                     continue
                 yield f"{path}:{reader.line_num}", {k: (v if v is not None else "") for k, v in record.items()}
@@ -148,8 +160,11 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
     try:
         parquet = pq.ParquetFile(path)
         meta = parquet.metadata
-        encoded = sum(meta.row_group(g).column(c).total_uncompressed_size
-                      for g in range(meta.num_row_groups) for c in range(meta.num_columns))
+        encoded = sum(
+            meta.row_group(g).column(c).total_uncompressed_size
+            for g in range(meta.num_row_groups)
+            for c in range(meta.num_columns)
+        )
     except Exception as err:  # pyarrow raises several types for damaged files
         raise DataError(f"{path}: not a readable parquet file ({str(err)[:200]})") from None
     if encoded > limit:
@@ -184,9 +199,11 @@ def _decoded_size(value) -> int:
 
 
 def _bomb(path: Path, decoded: int, stored: int) -> DataError:
-    return DataError(f"{path}: {stored:,} bytes on disk decode to more than {decoded:,} bytes (over "
-                     f"{MAX_EXPANSION}x); refusing a likely compression bomb; re-save the data uncompressed "
-                     f"or as JSONL if it is genuine")
+    return DataError(
+        f"{path}: {stored:,} bytes on disk decode to more than {decoded:,} bytes (over "
+        f"{MAX_EXPANSION}x); refusing a likely compression bomb; re-save the data uncompressed "
+        f"or as JSONL if it is genuine"
+    )
 
 
 def require_fields(record: dict, fields: tuple[str, ...], where: str) -> None:

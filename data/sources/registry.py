@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
-from . import oasst1, roleplay, tweetsumm
-from .base import SourceData
-from .hub_dataset import load_hub_dataset, looks_like_repo_id
-from .local_files import load_local
+from philora.data.errors import DataError
+from philora.data.sources import oasst1, roleplay, tweetsumm
+from philora.data.sources.base import SourceData
+from philora.data.sources.hub_dataset import load_hub_dataset, looks_like_repo_id
+from philora.data.sources.local_files import load_local
 
 SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 NAMED_SOURCES = ("roleplay", "tweetsumm", "oasst1")
@@ -21,8 +21,13 @@ SAMPLE_FILES = {
 }
 SAMPLE_NAMES = NAMED_SOURCES + tuple(SAMPLE_FILES)
 # Options each source accepts besides the common ones of data.prepare.
-SOURCE_OPTIONS = {"roleplay": {"revision"}, "tweetsumm": {"revision", "max_files"}, "oasst1": {"revision", "lang"},
-                  "local": {"shape", "columns"}, "hub": {"shape", "columns", "split", "subset", "revision"}}
+SOURCE_OPTIONS = {
+    "roleplay": {"revision"},
+    "tweetsumm": {"revision", "max_files"},
+    "oasst1": {"revision", "lang"},
+    "local": {"shape", "columns"},
+    "hub": {"shape", "columns", "split", "subset", "revision"},
+}
 
 
 def _fetch(repo_id: str, filename: str, revision: str | None, required: bool = True) -> Path | None:
@@ -50,10 +55,12 @@ def _load_named(kind: str, fetch, options: dict, name: str) -> SourceData:
         return roleplay.load_roleplay([fetch(f, True) for f in roleplay.FILES], name=name)
     if kind == "tweetsumm":
         max_files = int(options.get("max_files", 50))
-        return tweetsumm.load_tweetsumm(_tweetsumm_files(fetch, "train", max_files),
-                                        _tweetsumm_files(fetch, "val", max_files), name=name)
-    return oasst1.load_oasst1([fetch(oasst1.TRAIN_FILE, True)], [fetch(oasst1.VAL_FILE, True)],
-                              lang=options.get("lang", "en"), name=name)
+        return tweetsumm.load_tweetsumm(
+            _tweetsumm_files(fetch, "train", max_files), _tweetsumm_files(fetch, "val", max_files), name=name
+        )
+    return oasst1.load_oasst1(
+        [fetch(oasst1.TRAIN_FILE, True)], [fetch(oasst1.VAL_FILE, True)], lang=options.get("lang", "en"), name=name
+    )
 
 
 def _check_options(kind: str, options: dict) -> None:
@@ -84,23 +91,32 @@ def load_source(source: str | Path, **options) -> SourceData:
             def local(filename, required):
                 path = root / filename
                 return path if path.is_file() else (None if not required else _missing(path))
+
             return _load_named(sample, local, options, text)
         if sample in SAMPLE_FILES:
             _check_options("local", options)
-            return load_local(SAMPLES_DIR / SAMPLE_FILES[sample], shape=options.get("shape"),
-                              columns=options.get("columns"), name=text)
+            return load_local(
+                SAMPLES_DIR / SAMPLE_FILES[sample],
+                shape=options.get("shape"),
+                columns=options.get("columns"),
+                name=text,
+            )
         raise DataError(f"unknown bundled sample {text!r}; use one of {['samples/' + s for s in SAMPLE_NAMES]}")
     path = Path(text).expanduser()
     if not path.exists() and looks_like_repo_id(text) and not text.startswith("samples/"):
         _check_options("hub", options)
         return load_hub_dataset(text, **options)
     if not path.exists():
-        raise DataError(f"unknown data source {text!r}: not a named source {list(NAMED_SOURCES)}, "
-                        f"not a bundled sample {['samples/' + s for s in SAMPLE_NAMES]}, no such file, "
-                        f"and not a hub dataset id (owner/name)")
+        raise DataError(
+            f"unknown data source {text!r}: not a named source {list(NAMED_SOURCES)}, "
+            f"not a bundled sample {['samples/' + s for s in SAMPLE_NAMES]}, no such file, "
+            f"and not a hub dataset id (owner/name)"
+        )
     _check_options("local", options)
     return load_local(path, shape=options.get("shape"), columns=options.get("columns"))
 
 
 def _missing(path: Path):
-    raise DataError(f"{path}: bundled sample file is missing; regenerate with python -m data.samples.make_samples")
+    raise DataError(
+        f"{path}: bundled sample file is missing; regenerate with python -m philora.data.samples.make_samples"
+    )

@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..conversation import Conversation, Message, make_conversation
-from ..errors import DataError
-from .base import SourceData
-from .records import read_records, require_fields
+from philora.data.conversation import Conversation, Message, make_conversation
+from philora.data.errors import DataError
+from philora.data.sources.base import SourceData
+from philora.data.sources.records import read_records, require_fields
 
 REPO_ID = "hieunguyenminh/roleplay"
 FILES = ("data/train-00000-of-00001.parquet",)

@@ -7,10 +7,10 @@ import json
 import re
 from pathlib import Path
 
-from ..conversation import Message, make_conversation
-from ..errors import DataError
-from .base import SourceData
-from .records import read_records, require_fields
+from philora.data.conversation import Message, make_conversation
+from philora.data.errors import DataError
+from philora.data.sources.base import SourceData
+from philora.data.sources.records import read_records, require_fields
 
 REPO_ID = "Salesforce/dialogstudio"
 FOLDER = "dialogue_summarization/TweetSumm"
@@ -18,8 +18,12 @@ SPLITS = {"train": "train", "val": "val", "test": "test"}
 SYSTEM_PROMPT = "Below is a conversation between a human and an AI agent. Write a summary of the conversation."
 
 # The tutorial's four substitutions, in its order: links, @mentions, whitespace runs, ^XY sign-offs.
-_CLEANERS = ((re.compile(r"http\S+"), ""), (re.compile(r"@[^\s]+"), ""),
-             (re.compile(r"\s+"), " "), (re.compile(r"\^[^ ]+"), ""))
+_CLEANERS = (
+    (re.compile(r"http\S+"), ""),
+    (re.compile(r"@[^\s]+"), ""),
+    (re.compile(r"\s+"), " "),
+    (re.compile(r"\^[^ ]+"), ""),
+)
 
 
 def clean_text(text: str) -> str:
@@ -48,16 +52,19 @@ def dialog_to_conversation(record: dict, where: str):
         lines.append(f"user: {clean_text(entry['user utterance']).strip()}")
         lines.append(f"agent: {clean_text(entry['system response']).strip()}")
     conversation_text = "\n".join(lines).strip()
-    return make_conversation([Message("system", SYSTEM_PROMPT), Message("user", conversation_text),
-                              Message("assistant", summary)], where, {"shape": "tweetsumm"})
+    return make_conversation(
+        [Message("system", SYSTEM_PROMPT), Message("user", conversation_text), Message("assistant", summary)],
+        where,
+        {"shape": "tweetsumm"},
+    )
 
 
 def load_tweetsumm(train_files: list[Path], val_files: list[Path] | None, name: str = "tweetsumm") -> SourceData:
     """Parse TweetSumm dialog files (dicts keyed ``TweetSumm--<split>--<n>``)."""
+
     def parse(files):
         return [dialog_to_conversation(record, where) for path in files for where, record in read_records(path)]
 
     train = parse(train_files)
     val = parse(val_files) if val_files else None
-    return SourceData(name=name, kind="tweetsumm", train=train, val=val,
-                      records=len(train) + len(val or []))
+    return SourceData(name=name, kind="tweetsumm", train=train, val=val, records=len(train) + len(val or []))

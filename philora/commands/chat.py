@@ -11,8 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._inference_options import (add_model_arguments, add_sampling_arguments, check_sampling_arguments, generate_kwargs,
-                                 load_from_args)
+from philora.commands._inference_options import (
+    add_model_arguments,
+    add_sampling_arguments,
+    check_sampling_arguments,
+    generate_kwargs,
+    load_from_args,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"philora chat: error: {err}", file=sys.stderr, flush=True)
         return 2
     chat = Conversation(loaded, args.system, args.max_new_tokens)
-    say(f"chatting with {loaded.name} in the {loaded.template!r} template; /reset, /system TEXT, /exit"
-        + ("" if chat.keeps_history else f" (the {loaded.template} template is single-turn: no history)"))
+    say(
+        f"chatting with {loaded.name} in the {loaded.template!r} template; /reset, /system TEXT, /exit"
+        + ("" if chat.keeps_history else f" (the {loaded.template} template is single-turn: no history)")
+    )
     interactive = sys.stdin.isatty()
     while True:
         if interactive:
@@ -94,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             say("(conversation reset)")
             continue
         if text.startswith("/system"):
-            chat.system, chat.turns = text[len("/system"):].strip() or None, []
+            chat.system, chat.turns = text[len("/system") :].strip() or None, []
             say(f"(system prompt {'set' if chat.system else 'cleared'}; conversation reset)")
             continue
         try:

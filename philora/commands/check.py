@@ -9,17 +9,22 @@ from philora.commands.common import fail, user_errors
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``philora check``."""
-    from deploy.checks import TARGETS
+    from philora.deploy.checks import TARGETS
 
     parser.add_argument("run", help="a run directory (the --output-dir of philora train)")
-    parser.add_argument("--target", action="append", choices=TARGETS, default=None,
-                        help=f"deployment target, repeatable (default: all of {', '.join(TARGETS)})")
+    parser.add_argument(
+        "--target",
+        action="append",
+        choices=TARGETS,
+        default=None,
+        help=f"deployment target, repeatable (default: all of {', '.join(TARGETS)})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Print each problem with its fix; exit 0 when deployable to every target asked, 1 otherwise."""
-    from deploy.checks import TARGETS, run_problems
-    from deploy.export_formats import base_config
+    from philora.deploy.checks import TARGETS, run_problems
+    from philora.deploy.export_formats import base_config
     from philora.runs import open_run
 
     try:

@@ -18,12 +18,11 @@ def fail(message: str) -> int:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """The error classes whose messages are written for users (printed without a traceback)."""
-    from data import DataError
     from lora_core import LoRAError
     from phi_models import HubError, PhiModelError
+    from philora.data import DataError
+    from philora.deploy import DeployError
     from philora.runs import RunError
-
-    from deploy import DeployError
 
     return (CommandError, RunError, LoRAError, PhiModelError, HubError, DataError, DeployError)
 

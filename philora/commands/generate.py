@@ -12,8 +12,13 @@ import json
 import sys
 from pathlib import Path
 
-from ._inference_options import (add_model_arguments, add_sampling_arguments, check_sampling_arguments, generate_kwargs,
-                                 load_from_args)
+from philora.commands._inference_options import (
+    add_model_arguments,
+    add_sampling_arguments,
+    check_sampling_arguments,
+    generate_kwargs,
+    load_from_args,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", default=None, help="the user message to answer (rendered in the template)")
-    source.add_argument("--prompt-file", default=None, metavar="IN.jsonl",
-                        help='one JSON object a line: {"prompt": TEXT} or {"messages": [{"role", "content"}, ...]}')
+    source.add_argument(
+        "--prompt-file",
+        default=None,
+        metavar="IN.jsonl",
+        help='one JSON object a line: {"prompt": TEXT} or {"messages": [{"role", "content"}, ...]}',
+    )
     parser.add_argument("--out", default=None, metavar="OUT.jsonl", help="where --prompt-file answers go")
     parser.add_argument("--system", default=None, help="a system prompt / persona put before each prompt")
     parser.add_argument("--raw", action="store_true", help="feed the prompt text as is, without the template")
@@ -69,8 +78,9 @@ def _read_prompts(path: Path) -> list[dict]:
             record = json.loads(line)
         except json.JSONDecodeError as err:
             raise InferenceError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-        if not isinstance(record, dict) or not (isinstance(record.get("prompt"), str)
-                                                or isinstance(record.get("messages"), list)):
+        if not isinstance(record, dict) or not (
+            isinstance(record.get("prompt"), str) or isinstance(record.get("messages"), list)
+        ):
             raise InferenceError(f'{path}:{number}: expected {{"prompt": TEXT}} or {{"messages": [...]}}')
         records.append(record)
     if not records:
@@ -107,17 +117,27 @@ def _generate_file(args, loaded, kwargs, records: list[dict]) -> None:
     lines = []
     for start in range(0, len(records), args.batch_size):
         batch = records[start : start + args.batch_size]
-        prompts = [tok.encode(prompt_text(loaded, args, prompt=r.get("prompt"), messages=r.get("messages")))
-                   for r in batch]
+        prompts = [
+            tok.encode(prompt_text(loaded, args, prompt=r.get("prompt"), messages=r.get("messages"))) for r in batch
+        ]
         texts = [""] * len(batch)
 
-        def collect(row: int, piece: str) -> None:
+        def collect(row: int, piece: str, texts: list[str] = texts) -> None:
             texts[row] += piece
 
         outputs = phi_models.generate(loaded.model, prompts, on_text=collect, **kwargs)
         for record, ids, text in zip(batch, outputs, texts):
             stopped = len(ids) < kwargs["max_new_tokens"] or len(text) < len(tok.decode(ids))
-            lines.append(json.dumps(dict(record, completion=text, finish_reason="stop" if stopped else "length",
-                                         completion_tokens=len(ids)), ensure_ascii=False))
+            lines.append(
+                json.dumps(
+                    dict(
+                        record,
+                        completion=text,
+                        finish_reason="stop" if stopped else "length",
+                        completion_tokens=len(ids),
+                    ),
+                    ensure_ascii=False,
+                )
+            )
         print(f"generated {min(start + args.batch_size, len(records))}/{len(records)}", file=sys.stderr, flush=True)
     atomic_write(args.out, lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n", encoding="utf-8"))

@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repo", required=True, help="hub repository USER/NAME (created if missing)")
     parser.add_argument("--merged", action="store_true", help="upload the merged model instead of the adapter")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                        help="stored dtype of a --merged upload")
+    parser.add_argument(
+        "--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="stored dtype of a --merged upload"
+    )
     parser.add_argument("--license", default="mit", help="license in the model card (the Phi models are MIT)")
     parser.add_argument("--message", default="Upload with philora push", help="commit message")
 
@@ -48,8 +49,9 @@ def check_reachable(url: str) -> None:
         with socket.create_connection((parsed.hostname, port), timeout=CONNECT_TIMEOUT_S):
             pass
     except OSError as err:
-        raise CommandError(f"cannot reach the hub at {url} ({err.__class__.__name__}: {err}); check the network, "
-                           f"or set HF_ENDPOINT") from None
+        raise CommandError(
+            f"cannot reach the hub at {url} ({err.__class__.__name__}: {err}); check the network, or set HF_ENDPOINT"
+        ) from None
 
 
 def _check_repo_id(repo: str) -> None:
@@ -66,9 +68,15 @@ def _build_folder(args, run, folder: Path) -> None:
     if args.merged:
         loaded = load_for_inference(run.path, device="cpu")
         dtype = None if args.dtype == "auto" else args.dtype
-        phi_models.export_merged(loaded.model, folder, dtype, base_model=run.base_model, revision=run.revision,
-                                 stop_token_ids=list(loaded.tokenizer.stop_token_ids),
-                                 extra_info={"template": loaded.template})
+        phi_models.export_merged(
+            loaded.model,
+            folder,
+            dtype,
+            base_model=run.base_model,
+            revision=run.revision,
+            stop_token_ids=list(loaded.tokenizer.stop_token_ids),
+            extra_info={"template": loaded.template},
+        )
     elif run.peft_dir is not None:
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             (folder / name).write_bytes((run.peft_dir / name).read_bytes())
@@ -96,14 +104,17 @@ def _push(args) -> int:
         _build_folder(args, run, folder)
         try:
             api.create_repo(args.repo, private=args.private, exist_ok=True, repo_type="model")
-            info = api.upload_folder(folder_path=str(folder), repo_id=args.repo, repo_type="model",
-                                     commit_message=args.message)
+            info = api.upload_folder(
+                folder_path=str(folder), repo_id=args.repo, repo_type="model", commit_message=args.message
+            )
         except HfHubHTTPError as err:
             status = getattr(getattr(err, "response", None), "status_code", None)
             hint = " (set HF_TOKEN to a token with write access)" if status in (401, 403) else ""
             raise CommandError(f"upload to {url}/{args.repo} failed: {str(err).splitlines()[0]}{hint}") from None
         except OSError as err:  # connection dropped mid-upload
             raise CommandError(f"upload to {url}/{args.repo} failed: {err}") from None
-    print(f"pushed {'merged model' if args.merged else 'PEFT adapter'} to {url}/{args.repo}: "
-          f"{getattr(info, 'commit_url', info)}")
+    print(
+        f"pushed {'merged model' if args.merged else 'PEFT adapter'} to {url}/{args.repo}: "
+        f"{getattr(info, 'commit_url', info)}"
+    )
     return 0

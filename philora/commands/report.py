@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def summary_lines(records: list[dict]) -> list[str]:
     """What the metrics say in a few lines: steps, losses, throughput, the last generation metrics."""
-    from training.plots import series
+    from philora.training.plots import series
 
     lines = []
     steps, losses = series(records, "train", "loss")
@@ -25,20 +25,24 @@ def summary_lines(records: list[dict]) -> list[str]:
     evals = [r for r in records if r.get("kind") == "eval"]
     if evals:
         best = min(evals, key=lambda r: r["loss"])
-        lines.append(f"eval: loss {evals[0]['loss']:.4f} (step {evals[0]['step']}) -> {evals[-1]['loss']:.4f} "
-                     f"(step {evals[-1]['step']}), best {best['loss']:.4f} at step {best['step']}")
+        lines.append(
+            f"eval: loss {evals[0]['loss']:.4f} (step {evals[0]['step']}) -> {evals[-1]['loss']:.4f} "
+            f"(step {evals[-1]['step']}), best {best['loss']:.4f} at step {best['step']}"
+        )
         generated = {k[4:]: v for k, v in evals[-1].items() if k.startswith("gen_") and isinstance(v, (int, float))}
         if generated:
-            lines.append("last generation eval: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                              for k, v in generated.items()))
+            lines.append(
+                "last generation eval: "
+                + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in generated.items())
+            )
     return lines
 
 
 def run(args: argparse.Namespace) -> int:
     """Write RUN/plots.png and print the summary; one line on stderr and exit 2 for a path that is not a run."""
     from philora.commands.common import fail
-    from training.plots import plot_summary_line, read_metrics
-    from training.progress import METRICS_FILE
+    from philora.training.plots import plot_summary_line, read_metrics
+    from philora.training.progress import METRICS_FILE
 
     run_dir = Path(args.run_dir)
     metrics = run_dir / METRICS_FILE

@@ -5,6 +5,6 @@ from __future__ import annotations
 
 def main(argv: list[str]) -> int:
     """Run training with ``argv`` as train.py would; returns the exit code."""
-    from training.run import main as train_main
+    from philora.training.run import main as train_main
 
     return train_main(argv)

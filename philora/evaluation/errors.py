@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from data import DataError
 from lora_core import LoRAError
 from phi_models import HubError, PhiModelError
+from philora.data import DataError
 from philora.runs import RunError
-from training.errors import TrainingError
+from philora.training.errors import TrainingError
 
 
 class EvalError(ValueError):
@@ -14,5 +14,12 @@ class EvalError(ValueError):
 
 
 # Every package's error class carries a message written for the user: the commands print it, no traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (EvalError, RunError, TrainingError, LoRAError, PhiModelError,
-                                            HubError, DataError)
+USER_ERRORS: tuple[type[Exception], ...] = (
+    EvalError,
+    RunError,
+    TrainingError,
+    LoRAError,
+    PhiModelError,
+    HubError,
+    DataError,
+)

@@ -47,14 +47,15 @@ SCRIPT = """
 """
 
 
-
 def _metrics_table(variants: dict[str, dict]) -> str:
     names = list(variants)
     head = "<tr><th>metric</th>" + "".join(f"<th>{escape(n)}</th>" for n in names) + "</tr>"
     body = []
     for label, key, form in METRIC_ROWS:
-        cells = "".join(f'<td class="num">{escape(form.format(v[key])) if v.get(key) is not None else "n/a"}</td>'
-                        for v in variants.values())
+        cells = "".join(
+            f'<td class="num">{escape(form.format(v[key])) if v.get(key) is not None else "n/a"}</td>'
+            for v in variants.values()
+        )
         body.append(f"<tr><th>{escape(label)}</th>{cells}</tr>")
     return f'<table id="metrics">{head}{"".join(body)}</table>'
 
@@ -67,8 +68,10 @@ def _reply_cell(sample: dict, name: str) -> str:
     if f"{name}_rougeL" in sample:
         scores.append(f"ROUGE-L {sample[f'{name}_rougeL']:.3f}")
     css = "" if stopped else ' class="ran-on"'
-    return (f'<td{css}><pre class="reply {escape(name)}">{escape(sample[f"{name}_reply"])}</pre>'
-            f'<div class="meta">{escape(", ".join(scores))}</div></td>')
+    return (
+        f'<td{css}><pre class="reply {escape(name)}">{escape(sample[f"{name}_reply"])}</pre>'
+        f'<div class="meta">{escape(", ".join(scores))}</div></td>'
+    )
 
 
 def render_page(results, *, plot_png: bytes | None = None, plot_note: str | None = None) -> str:
@@ -83,20 +86,28 @@ def render_page(results, *, plot_png: bytes | None = None, plot_note: str | None
         plot = f'<h2>Training curves</h2><img id="plots" alt="training curves" src="data:image/png;base64,{data}">'
     elif plot_note:
         plot = f'<p class="meta">{escape(plot_note)}</p>'
-    head = "<tr><th>#</th><th>prompt</th><th>reference</th>" + "".join(
-        f"<th>{escape(n)} reply</th>" for n in names) + "</tr>"
+    head = (
+        "<tr><th>#</th><th>prompt</th><th>reference</th>"
+        + "".join(f"<th>{escape(n)} reply</th>" for n in names)
+        + "</tr>"
+    )
     rows = []
     for sample in results.samples:
-        rows.append(f'<tr class="sample" data-index="{sample["index"]}"><td class="num">{sample["index"]}</td>'
-                    f'<td><pre class="prompt">{escape(sample["prompt"])}</pre></td>'
-                    f'<td><pre class="reference">{escape(sample["reference"])}</pre></td>'
-                    + "".join(_reply_cell(sample, n) for n in names) + "</tr>")
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f"<style>{STYLE}</style></head><body>"
-            f"<h1>{escape(title)}</h1><table id=\"info\">{facts}</table>"
-            f"<h2>Metrics</h2>{_metrics_table(results.variants)}{plot}"
-            f'<h2>Samples</h2><p><input id="filter" type="search" placeholder="filter samples"> '
-            f'<label><input id="ran-on" type="checkbox"> only replies that ran to the token limit</label> '
-            f'<span id="shown"></span></p>'
-            f'<table id="samples">{head}{"".join(rows)}</table>'
-            f"<script>{SCRIPT}</script></body></html>\n")
+        rows.append(
+            f'<tr class="sample" data-index="{sample["index"]}"><td class="num">{sample["index"]}</td>'
+            f'<td><pre class="prompt">{escape(sample["prompt"])}</pre></td>'
+            f'<td><pre class="reference">{escape(sample["reference"])}</pre></td>'
+            + "".join(_reply_cell(sample, n) for n in names)
+            + "</tr>"
+        )
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{STYLE}</style></head><body>"
+        f'<h1>{escape(title)}</h1><table id="info">{facts}</table>'
+        f"<h2>Metrics</h2>{_metrics_table(results.variants)}{plot}"
+        f'<h2>Samples</h2><p><input id="filter" type="search" placeholder="filter samples"> '
+        f'<label><input id="ran-on" type="checkbox"> only replies that ran to the token limit</label> '
+        f'<span id="shown"></span></p>'
+        f'<table id="samples">{head}{"".join(rows)}</table>'
+        f"<script>{SCRIPT}</script></body></html>\n"
+    )

@@ -23,7 +23,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from philora.evaluation.errors import EvalError
 from philora.evaluation.target import load_target
-from training.gen_eval import generate_replies
+from philora.training.gen_eval import generate_replies
 
 DEFAULT_BATCH_SIZE = 8
 logger = logging.getLogger(__name__)
@@ -47,9 +47,17 @@ def _as_batch_size(value: Any) -> int:
 class PhiloraLM(TemplateLM):
     """A philora run or Phi model (dense or 4-bit, with or without an adapter) for lm_eval's tasks."""
 
-    def __init__(self, pretrained: str, adapter: str | None = None, device: str | None = None,
-                 precision: str | None = None, batch_size: Any = None, max_length: int | None = None,
-                 max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, **_unused: Any) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        adapter: str | None = None,
+        device: str | None = None,
+        precision: str | None = None,
+        batch_size: Any = None,
+        max_length: int | None = None,
+        max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+        **_unused: Any,
+    ) -> None:
         super().__init__()
         device = None if device in (None, "auto") else str(device).split(":")[0]
         if device == "cuda" and not torch.cuda.is_available():
@@ -121,22 +129,22 @@ class PhiloraLM(TemplateLM):
             if not continuation:
                 results[index] = (0.0, True)
                 continue
-            whole = (list(context) + list(continuation))[-(self.max_length + 1):]
+            whole = (list(context) + list(continuation))[-(self.max_length + 1) :]
             rows.append((index, whole[:-1], list(continuation)))
         rows.sort(key=lambda row: -len(row[1]))  # similar lengths together, the longest batch first
         for first in range(0, len(rows), self.batch_size):
-            batch = rows[first:first + self.batch_size]
+            batch = rows[first : first + self.batch_size]
             longest = max(len(inputs) for _, inputs, _ in batch)
             ids = torch.full((len(batch), longest), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), longest), dtype=torch.long)
             for b, (_, inputs, _) in enumerate(batch):
-                ids[b, :len(inputs)] = torch.tensor(inputs)
-                mask[b, :len(inputs)] = 1
+                ids[b, : len(inputs)] = torch.tensor(inputs)
+                mask[b, : len(inputs)] = 1
             with self.target.precision.autocast():
                 hidden = self.model.hidden_states(ids.to(self._device), attention_mask=mask.to(self._device))
                 for b, (index, inputs, continuation) in enumerate(batch):
                     # the last len(continuation) input positions predict the continuation's tokens
-                    picked = hidden[b, len(inputs) - len(continuation):len(inputs)]  # (C, D)
+                    picked = hidden[b, len(inputs) - len(continuation) : len(inputs)]  # (C, D)
                     logprobs = self.model.lm_head(picked).float().log_softmax(-1)  # (C, V)
                     wanted = torch.tensor(continuation, device=logprobs.device)
                     total = float(logprobs.gather(1, wanted[:, None]).sum())
@@ -156,8 +164,12 @@ class PhiloraLM(TemplateLM):
         windows, owners = [], []
         for index, request in enumerate(requests):
             (text,) = request.args
-            for window in get_rolling_token_windows(token_list=self.tok_encode(text), prefix_token=self.prefix_token_id,
-                                                    max_seq_len=self.max_length, context_len=1):
+            for window in get_rolling_token_windows(
+                token_list=self.tok_encode(text),
+                prefix_token=self.prefix_token_id,
+                max_seq_len=self.max_length,
+                context_len=1,
+            ):
                 windows.append(make_disjoint_window(window))
                 owners.append(index)
         totals = [0.0] * len(requests)
@@ -173,24 +185,35 @@ class PhiloraLM(TemplateLM):
         groups: dict[str, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(index)
-        for key, indices in groups.items():
+        for _key, indices in groups.items():
             options = dict(requests[indices[0]].args[1])
             until = options.pop("until", None) or []
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(options.pop("max_gen_toks", self.max_gen_toks))
             sampling = {}
             if options.pop("do_sample", False) and float(options.get("temperature", 1.0)) > 0:
-                sampling = {"temperature": float(options.get("temperature", 1.0)), "top_p": options.get("top_p"),
-                            "top_k": options.get("top_k"), "seed": options.get("seed")}
+                sampling = {
+                    "temperature": float(options.get("temperature", 1.0)),
+                    "top_p": options.get("top_p"),
+                    "top_k": options.get("top_k"),
+                    "seed": options.get("seed"),
+                }
             prompts = [self.tok_encode(requests[i].args[0]) or [self.prefix_token_id] for i in indices]
-            replies = generate_replies(self.model, prompts, max_new_tokens=max_new,
-                                       stop_ids=self.tokenizer.stop_token_ids, pad_id=self.pad_id,
-                                       batch_size=self.batch_size, precision=self.target.precision, **sampling)
+            replies = generate_replies(
+                self.model,
+                prompts,
+                max_new_tokens=max_new,
+                stop_ids=self.tokenizer.stop_token_ids,
+                pad_id=self.pad_id,
+                batch_size=self.batch_size,
+                precision=self.target.precision,
+                **sampling,
+            )
             for i, reply in zip(indices, replies):
                 text = self.tok_decode(reply.ids)
                 for stop in until:
                     if stop and stop in text:
-                        text = text[:text.index(stop)]
+                        text = text[: text.index(stop)]
                 answers[i] = text
                 self.cache_hook.add_partial("generate_until", requests[i].args, text)
         return answers  # type: ignore[return-value]

@@ -8,17 +8,19 @@ from pathlib import Path
 from lora_core import atomic_write
 from philora.evaluation.html_page import render_page
 from philora.evaluation.runner import METRIC_ROWS, EvalResults
-from training.gen_metrics import ROUGE_HINT, ROUGE_TYPES
-from training.plots import PLOT_FILE, plot_run
+from philora.training.gen_metrics import ROUGE_HINT, ROUGE_TYPES
+from philora.training.plots import PLOT_FILE, plot_run
 
 
 def format_table(results: EvalResults) -> str:
     """The metrics of every variant side by side, with a heading line saying what was evaluated."""
     info = results.info
     adapter = f" + adapter {info['adapter']}" if info["adapter"] else ""
-    lines = [f"{info['target']}{adapter} on {info['data']} ({info['split']}): {info['examples']} examples, "
-             f"{info['generated']} generated (greedy, at most {info['max_new_tokens']} new tokens), "
-             f"{info['precision']}"]
+    lines = [
+        f"{info['target']}{adapter} on {info['data']} ({info['split']}): {info['examples']} examples, "
+        f"{info['generated']} generated (greedy, at most {info['max_new_tokens']} new tokens), "
+        f"{info['precision']}"
+    ]
     names = list(results.variants)
     lines.append(f"{'metric':<22}" + "".join(f"{name:>12}" for name in names))
     for label, key, form in METRIC_ROWS:
@@ -49,7 +51,10 @@ def write_results(results: EvalResults, out_dir: str | Path, *, run_dir: str | P
     atomic_write(paths["jsonl"], lambda p: Path(p).write_text(lines, encoding="utf-8"))
     plot = plot_run(run_dir) if run_dir is not None else None
     plot_png = plot.read_bytes() if plot is not None else None
-    page = render_page(results, plot_png=plot_png, plot_note=None if plot_png or run_dir is None
-                       else f"no {PLOT_FILE}: pip install 'philora[plot]'")
+    page = render_page(
+        results,
+        plot_png=plot_png,
+        plot_note=None if plot_png or run_dir is None else f"no {PLOT_FILE}: pip install 'philora[plot]'",
+    )
     atomic_write(paths["html"], lambda p: Path(p).write_text(page, encoding="utf-8"))
     return paths

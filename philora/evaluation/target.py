@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from philora.evaluation.errors import EvalError
-from training.config import FIELDS, TrainConfig, coerce
-from training.precision import Precision, base_dtype, resolve_device, resolve_precision
+from philora.training.config import FIELDS, TrainConfig, coerce
+from philora.training.precision import Precision, base_dtype, resolve_device, resolve_precision
 
 
 @dataclass
@@ -36,8 +36,14 @@ def run_settings(config: dict, source: str) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def load_target(target: str, *, adapter: str | None = None, data: str | None = None, device: str | None = None,
-                precision: str | None = None) -> EvalTarget:
+def load_target(
+    target: str,
+    *,
+    adapter: str | None = None,
+    data: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+) -> EvalTarget:
     """Load RUN_OR_MODEL as ``philora eval`` sees it; ``device``/``precision`` None keep the run's."""
     from philora.runs import CONFIG_FILE, is_run_dir, load_for_inference, open_run
 
@@ -48,8 +54,9 @@ def load_target(target: str, *, adapter: str | None = None, data: str | None = N
     else:
         path = Path(target)
         if path.is_dir() and not (path / "config.json").is_file():
-            raise EvalError(f"{target}: neither a run directory (no {CONFIG_FILE}) nor a model directory "
-                            f"(no config.json)")
+            raise EvalError(
+                f"{target}: neither a run directory (no {CONFIG_FILE}) nor a model directory (no config.json)"
+            )
         settings, trained_in = TrainConfig(model=target), None
     if data:
         settings = replace(settings, data=data)
@@ -62,8 +69,15 @@ def load_target(target: str, *, adapter: str | None = None, data: str | None = N
     dtype = None if keep_run_dtype else base_dtype(settings.dtype, mode)
     loaded = load_for_inference(target, adapter=adapter, dtype=dtype, device=str(resolved_device))
     if run is not None and run.quantize is not None:
-        from training.run import keep_4bit_weights_trainable
+        from philora.training.run import keep_4bit_weights_trainable
+
         keep_4bit_weights_trainable(loaded.model)  # the same 4-bit kernels as training's own evaluation
     used = adapter or (str(run.adapter_file) if run is not None else None)
-    return EvalTarget(model=loaded.model, tokenizer=loaded.tokenizer, settings=settings, precision=mode,
-                      run_dir=run.path if run is not None else None, adapter=str(used) if used else None)
+    return EvalTarget(
+        model=loaded.model,
+        tokenizer=loaded.tokenizer,
+        settings=settings,
+        precision=mode,
+        run_dir=run.path if run is not None else None,
+        adapter=str(used) if used else None,
+    )

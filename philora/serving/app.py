@@ -20,9 +20,18 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from .engine import BatchEngine, Job, QueueFull
-from .protocol import (APIError, chunk_body, completion_body, new_id, parse_json, parse_request, sse, usage,
-                       usage_chunk)
+from philora.serving.engine import BatchEngine, Job, QueueFull
+from philora.serving.protocol import (
+    APIError,
+    chunk_body,
+    completion_body,
+    new_id,
+    parse_json,
+    parse_request,
+    sse,
+    usage,
+    usage_chunk,
+)
 
 DISCONNECT_POLL_S = 0.2
 
@@ -55,8 +64,9 @@ class ServerState:
         if model in self.adapters:
             return self.adapters[model]
         names = [self.base_name, *self.adapters]
-        raise APIError(400, f"model {model!r} is not served here; use one of {names} (GET /v1/models)", "model",
-                       "model_not_found")
+        raise APIError(
+            400, f"model {model!r} is not served here; use one of {names} (GET /v1/models)", "model", "model_not_found"
+        )
 
 
 def create_app(state: ServerState) -> Starlette:
@@ -71,8 +81,14 @@ def create_app(state: ServerState) -> Starlette:
 
     async def models(request: Request) -> Response:
         def card(name: str, parent: str | None) -> dict:
-            return {"id": name, "object": "model", "created": state.created, "owned_by": "philora",
-                    "root": state.base_name if parent else name, "parent": parent}
+            return {
+                "id": name,
+                "object": "model",
+                "created": state.created,
+                "owned_by": "philora",
+                "root": state.base_name if parent else name,
+                "parent": parent,
+            }
 
         data = [card(state.base_name, None)] + [card(n, state.base_name) for n in state.adapters]
         return JSONResponse({"object": "list", "data": data})
@@ -91,23 +107,42 @@ def create_app(state: ServerState) -> Starlette:
         room = state.context_length - len(prompt_ids)
         max_tokens = req.max_tokens if req.max_tokens is not None else min(state.default_max_tokens, room)
         if max_tokens > room:
-            raise APIError(400, f"the prompt is {len(prompt_ids)} tokens and max_tokens {max_tokens}: together more "
-                                f"than the model's context of {state.context_length} tokens; lower max_tokens",
-                           "max_tokens", "context_length_exceeded")
+            raise APIError(
+                400,
+                f"the prompt is {len(prompt_ids)} tokens and max_tokens {max_tokens}: together more "
+                f"than the model's context of {state.context_length} tokens; lower max_tokens",
+                "max_tokens",
+                "context_length_exceeded",
+            )
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         stops = req.stop + (state.loaded.stop_strings if chat else ())
-        job = Job(prompt_ids=prompt_ids, adapter=adapter, params=req.params, max_new_tokens=max_tokens,
-                  stop_ids=frozenset(state.loaded.stop_ids), stop_strings=stops, seed=req.seed,
-                  on_event=lambda kind, payload: loop.call_soon_threadsafe(events.put_nowait, (kind, payload)))
+        job = Job(
+            prompt_ids=prompt_ids,
+            adapter=adapter,
+            params=req.params,
+            max_new_tokens=max_tokens,
+            stop_ids=frozenset(state.loaded.stop_ids),
+            stop_strings=stops,
+            seed=req.seed,
+            on_event=lambda kind, payload: loop.call_soon_threadsafe(events.put_nowait, (kind, payload)),
+        )
         try:
             state.engine.submit(job)
         except QueueFull as err:
-            raise APIError(429, f"the server is at capacity ({err}); retry shortly", None, "rate_limit_exceeded",
-                           "rate_limit_error") from None
+            raise APIError(
+                429,
+                f"the server is at capacity ({err}); retry shortly",
+                None,
+                "rate_limit_exceeded",
+                "rate_limit_error",
+            ) from None
         rid = new_id(chat)
         if req.stream:
-            return StreamingResponse(_stream(state, job, events, chat, rid, req), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                _stream(state, job, events, chat, rid, req),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         return await _whole(state, request, job, events, chat, rid, req.model)
 
     async def load_adapter(request: Request) -> Response:
@@ -116,8 +151,11 @@ def create_app(state: ServerState) -> Starlette:
         if not state.runtime_adapters:
             raise APIError(400, "loading adapters at run time is switched off (--no-runtime-adapters)")
         if not isinstance(name, str) or not isinstance(path, str) or not name or not path:
-            raise APIError(400, "give 'lora_name' and 'lora_path' (an adapter file, PEFT directory or run)",
-                           "lora_name" if not isinstance(name, str) or not name else "lora_path")
+            raise APIError(
+                400,
+                "give 'lora_name' and 'lora_path' (an adapter file, PEFT directory or run)",
+                "lora_name" if not isinstance(name, str) or not name else "lora_path",
+            )
         if name == state.base_name or name in state.adapters:
             raise APIError(400, f"an adapter named {name!r} is already served; unload it first", "lora_name")
         await _on_engine(state, lambda: attach_named_adapter(state.loaded.model, name, path))
@@ -128,11 +166,16 @@ def create_app(state: ServerState) -> Starlette:
         body = parse_json(await request.body())
         name = body.get("lora_name")
         if not isinstance(name, str) or name not in state.adapters:
-            raise APIError(400, f"no adapter named {name!r} is served; served adapters: {list(state.adapters)}",
-                           "lora_name", "model_not_found")
+            raise APIError(
+                400,
+                f"no adapter named {name!r} is served; served adapters: {list(state.adapters)}",
+                "lora_name",
+                "model_not_found",
+            )
         if state.adapters[name] in state.engine.adapters_in_use():
-            raise APIError(400, f"adapter {name!r} is answering requests now; unload it when they are done",
-                           "lora_name")
+            raise APIError(
+                400, f"adapter {name!r} is answering requests now; unload it when they are done", "lora_name"
+            )
         adapter = state.adapters.pop(name)
         await _on_engine(state, lambda: _delete_adapter(state.loaded.model, adapter))
         return PlainTextResponse(f"Success: LoRA adapter '{name}' removed successfully.")
@@ -152,8 +195,9 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/load_lora_adapter", load_adapter, methods=["POST"]),
         Route("/v1/unload_lora_adapter", unload_adapter, methods=["POST"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={APIError: api_error, HTTPException: http_error},
-                    lifespan=_lifespan(state))
+    app = Starlette(
+        routes=routes, exception_handlers={APIError: api_error, HTTPException: http_error}, lifespan=_lifespan(state)
+    )
     if state.api_key:
         app.add_middleware(_BearerAuth, api_key=state.api_key)
     return app
@@ -185,16 +229,16 @@ class _BearerAuth:
             headers = dict(scope.get("headers") or [])
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + self.api_key):
-                err = APIError(401, "a valid API key is required: send 'Authorization: Bearer <key>'", None,
-                               "invalid_api_key")
+                err = APIError(
+                    401, "a valid API key is required: send 'Authorization: Bearer <key>'", None, "invalid_api_key"
+                )
                 await JSONResponse(err.body(), status_code=401)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
 def _prompt_ids(state: ServerState, req, chat: bool) -> list[int]:
-    from data.errors import DataError
-
+    from philora.data.errors import DataError
     from philora.prompting import render_prompt
 
     tok = state.loaded.tokenizer
@@ -202,17 +246,22 @@ def _prompt_ids(state: ServerState, req, chat: bool) -> list[int]:
         try:
             text = render_prompt(state.loaded.template, req.messages, tok)
         except DataError as err:
-            raise APIError(400, f"the messages cannot be rendered in the {state.loaded.template!r} template: {err}",
-                           "messages") from None
+            raise APIError(
+                400, f"the messages cannot be rendered in the {state.loaded.template!r} template: {err}", "messages"
+            ) from None
     else:
         text = req.prompt
     ids = tok.encode(text)
     if not ids:
         raise APIError(400, "the prompt encodes to no tokens", "messages" if chat else "prompt")
     if len(ids) >= state.context_length:
-        raise APIError(400, f"the prompt is {len(ids)} tokens; the model's context is {state.context_length} "
-                            f"(with room for a reply): shorten it", "messages" if chat else "prompt",
-                       "context_length_exceeded")
+        raise APIError(
+            400,
+            f"the prompt is {len(ids)} tokens; the model's context is {state.context_length} "
+            f"(with room for a reply): shorten it",
+            "messages" if chat else "prompt",
+            "context_length_exceeded",
+        )
     return ids
 
 
@@ -281,7 +330,6 @@ def attach_named_adapter(model, name: str, path: str | Path) -> None:
     """Add adapter ``name`` from ``path``: our adapter file, a PEFT directory, or a run (its final adapter)."""
     import lora_core
     from lora_core.adapters import check_adapter_name
-
     from philora.commands.common import CommandError
     from philora.runs import is_run_dir, open_run
 

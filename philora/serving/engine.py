@@ -19,9 +19,10 @@ import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -85,7 +86,7 @@ class BatchEngine:
 
     # ---- the request side (any thread) ---------------------------------------------------------
 
-    def start(self) -> "BatchEngine":
+    def start(self) -> BatchEngine:
         """Start the engine thread."""
         self._thread.start()
         return self

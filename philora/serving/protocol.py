@@ -21,8 +21,14 @@ MAX_STOP_STRINGS = 4  # OpenAI's limit
 class APIError(Exception):
     """A request the server refuses: HTTP ``status`` and OpenAI's error fields."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error"):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
@@ -74,8 +80,9 @@ def _text_content(content: Any, where: str) -> str:
     """Message content as text: a string, or OpenAI's list of {"type": "text", "text": ...} parts."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
-                                         and isinstance(p.get("text"), str) for p in content):
+    if isinstance(content, list) and all(
+        isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+    ):
         return "".join(p["text"] for p in content)
     raise APIError(400, f"{where}.content must be a string or a list of text parts", "messages")
 
@@ -146,11 +153,21 @@ def parse_request(body: dict, chat: bool, default_max_tokens: int | None) -> Com
         params = SamplingParams(float(temperature), top_k, top_p, min_p, float(repetition_penalty))
     except PhiModelError as err:
         raise APIError(400, str(err)) from None
-    return CompletionRequest(model=model, messages=messages, prompt=prompt, max_tokens=max_tokens, params=params,
-                             seed=seed, stop=stop, stream=stream, include_usage=bool(options.get("include_usage")))
+    return CompletionRequest(
+        model=model,
+        messages=messages,
+        prompt=prompt,
+        max_tokens=max_tokens,
+        params=params,
+        seed=seed,
+        stop=stop,
+        stream=stream,
+        include_usage=bool(options.get("include_usage")),
+    )
 
 
 # ---- replies -----------------------------------------------------------------------------------
+
 
 def new_id(chat: bool) -> str:
     """A fresh response id in OpenAI's style."""
@@ -159,37 +176,62 @@ def new_id(chat: bool) -> str:
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     """OpenAI's usage object."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def completion_body(chat: bool, rid: str, model: str, text: str, finish_reason: str, use: dict) -> dict:
     """A whole (non-streamed) chat.completion or text_completion."""
     if chat:
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason,
-                  "logprobs": None}
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "finish_reason": finish_reason,
+            "logprobs": None,
+        }
     else:
         choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
-    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-            "model": model, "choices": [choice], "usage": use}
+    return {
+        "id": rid,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": use,
+    }
 
 
-def chunk_body(chat: bool, rid: str, model: str, text: str | None, finish_reason: str | None,
-               first: bool = False) -> dict:
+def chunk_body(
+    chat: bool, rid: str, model: str, text: str | None, finish_reason: str | None, first: bool = False
+) -> dict:
     """One streamed chunk: a text increment, or (``finish_reason`` set) the closing chunk."""
     if chat:
         delta: dict = {"role": "assistant", "content": ""} if first else ({} if text is None else {"content": text})
         choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
     else:
         choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
-    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
-            "model": model, "choices": [choice]}
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+    }
 
 
 def usage_chunk(chat: bool, rid: str, model: str, use: dict) -> dict:
     """The last chunk when ``stream_options.include_usage`` is set: no choices, the usage."""
-    return {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
-            "model": model, "choices": [], "usage": use}
+    return {
+        "id": rid,
+        "object": "chat.completion.chunk" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [],
+        "usage": use,
+    }
 
 
 def sse(data: dict | str) -> bytes:

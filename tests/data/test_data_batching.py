@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from data import prepare
-from data.batching import make_batches, pack_rows
-from data.errors import DataError
-from data.tokenize import IGNORE_INDEX, Example
+from philora.data import prepare
+from philora.data.batching import make_batches, pack_rows
+from philora.data.errors import DataError
+from philora.data.tokenize import IGNORE_INDEX, Example
 
 
 def _examples(lengths, start=10):
@@ -75,13 +75,22 @@ def test_ranks_get_equal_batch_counts_and_every_kept_example_exactly_once(packin
     seen = Counter()
     counts, dropped = [], set()
     for rank in range(world_size):
-        batches = make_batches(examples, batch_size=4, max_seq_len=12, pad_id=0, packing=packing, seed=3,
-                               epoch=1, rank=rank, world_size=world_size)
+        batches = make_batches(
+            examples,
+            batch_size=4,
+            max_seq_len=12,
+            pad_id=0,
+            packing=packing,
+            seed=3,
+            epoch=1,
+            rank=rank,
+            world_size=world_size,
+        )
         counts.append(len(batches))
         dropped.add((batches.dropped_batches, batches.dropped_examples))
         for batch in batches:
             seen.update(ids[0] for _, _, ids in _row_documents(batch))
-    (n_dropped_batches, n_dropped_examples), = dropped  # every rank reports the same
+    ((n_dropped_batches, n_dropped_examples),) = dropped  # every rank reports the same
     total = len(make_batches(examples, batch_size=4, max_seq_len=12, pad_id=0, packing=packing, seed=3, epoch=1))
     assert len(set(counts)) == 1  # equal counts: no rank waits at the epoch's end for a step the others skip
     assert n_dropped_batches == total % world_size and sum(counts) == total - n_dropped_batches
@@ -102,9 +111,14 @@ def test_uneven_tail_is_kept_on_request_and_differs_by_epoch():
     assert max(map(len, kept)) - min(map(len, kept)) == 1 and all(b.dropped_batches == 0 for b in kept)
 
     def left_out(epoch):
-        got = {ids[0] for r in range(3) for batch in make_batches(examples, rank=r, epoch=epoch, **options)
-               for _, _, ids in _row_documents(batch)}
+        got = {
+            ids[0]
+            for r in range(3)
+            for batch in make_batches(examples, rank=r, epoch=epoch, **options)
+            for _, _, ids in _row_documents(batch)
+        }
         return {10 + i for i in range(len(examples))} - got
+
     assert left_out(0) != left_out(1)  # shuffled: a different tail is left out each epoch
 
 
@@ -140,17 +154,23 @@ def test_packed_batch_matches_examples_one_by_one_on_tiny_model(tiny_tok):
     checked, packed_loss, single_loss = 0, 0.0, 0.0
     with torch.no_grad():
         for batch in batches:
-            logits = model(batch["input_ids"], attention_mask=batch["attention_mask"],
-                           position_ids=batch["position_ids"], document_ids=batch["document_ids"])
-            packed_loss += F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(),
-                                           ignore_index=IGNORE_INDEX, reduction="sum").item()
+            logits = model(
+                batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"],
+                document_ids=batch["document_ids"],
+            )
+            packed_loss += F.cross_entropy(
+                logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            ).item()
             for b, d, ids in _row_documents(batch):
                 example = by_ids[tuple(ids)]
                 alone = model(torch.tensor([example.input_ids]))[0]
                 where = batch["document_ids"][b] == d
                 torch.testing.assert_close(logits[b][where], alone, atol=1e-5, rtol=1e-5)
-                single_loss += F.cross_entropy(alone, torch.tensor(example.targets), ignore_index=IGNORE_INDEX,
-                                               reduction="sum").item()
+                single_loss += F.cross_entropy(
+                    alone, torch.tensor(example.targets), ignore_index=IGNORE_INDEX, reduction="sum"
+                ).item()
                 checked += 1
     assert checked == len(examples)
     assert packed_loss == pytest.approx(single_loss, rel=1e-5)

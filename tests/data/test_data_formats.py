@@ -9,12 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data import DataError, load_source, prepare
-from data.conversation import Message
-from data.sources.hub_dataset import data_files, split_of
-from data.templates import render
-
-from .conftest import write_jsonl
+from philora.data import DataError, load_source, prepare
+from philora.data.conversation import Message
+from philora.data.sources.hub_dataset import data_files, split_of
+from philora.data.templates import render
+from tests.data.conftest import write_jsonl
 
 
 def test_csv_and_tsv_detect_the_shape_and_keep_quoted_cells(tmp_path):
@@ -49,12 +48,29 @@ def test_columns_mapping_renames_before_detection(tmp_path):
 
 def test_content_as_a_list_of_parts(tmp_path):
     parts = [{"type": "text", "text": "Describe "}, {"type": "text", "text": "this."}]
-    ok = write_jsonl(tmp_path / "parts.jsonl", [{"messages": [
-        {"role": "user", "content": parts}, {"role": "assistant", "content": [{"type": "text", "text": "Sure."}]}]}])
+    ok = write_jsonl(
+        tmp_path / "parts.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": parts},
+                    {"role": "assistant", "content": [{"type": "text", "text": "Sure."}]},
+                ]
+            }
+        ],
+    )
     assert load_source(str(ok)).train[0].messages == (Message("user", "Describe this."), Message("assistant", "Sure."))
-    image = write_jsonl(tmp_path / "image.jsonl", [{"messages": [
-        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
-        {"role": "assistant", "content": "a cat"}]}])
+    image = write_jsonl(
+        tmp_path / "image.jsonl",
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]},
+                    {"role": "assistant", "content": "a cat"},
+                ]
+            }
+        ],
+    )
     with pytest.raises(DataError, match=r"image\.jsonl:1 turn 0: content part 0 is 'image_url'; only text parts"):
         load_source(str(image))
 
@@ -91,15 +107,21 @@ def _parquet_bytes(tmp_path: Path, rows: list[dict]) -> bytes:
 def test_any_hub_dataset_repo_from_the_cache(tmp_path, monkeypatch):
     import huggingface_hub.constants as constants
 
-    train = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
-             for i in range(3)]
+    train = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+        for i in range(3)
+    ]
     val = "".join(json.dumps(r) + "\n" for r in train[:1]).encode()
-    _fake_hub_cache(tmp_path / "cache", "someone/chats", {
-        "README.md": b"# card",
-        "data/train-00000-of-00001.parquet": _parquet_bytes(tmp_path, train),
-        "data/validation.jsonl": val,
-        "extra/test.csv": b"prompt,completion\nx,y\n",
-    })
+    _fake_hub_cache(
+        tmp_path / "cache",
+        "someone/chats",
+        {
+            "README.md": b"# card",
+            "data/train-00000-of-00001.parquet": _parquet_bytes(tmp_path, train),
+            "data/validation.jsonl": val,
+            "extra/test.csv": b"prompt,completion\nx,y\n",
+        },
+    )
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = load_source("someone/chats")
@@ -109,18 +131,35 @@ def test_any_hub_dataset_repo_from_the_cache(tmp_path, monkeypatch):
     assert test.kind == "prompt_completion" and test.val is None
     with pytest.raises(DataError, match=r"has no split 'dev'.*\['test', 'train', 'validation'\]"):
         load_source("someone/chats", split="dev")
-    with pytest.raises(DataError, match="dataset repo 'someone/other' is not in the local cache and HF_HUB_OFFLINE "
-                                        "is set: pass --data a local"):
+    with pytest.raises(
+        DataError,
+        match="dataset repo 'someone/other' is not in the local cache and HF_HUB_OFFLINE is set: pass --data a local",
+    ):
         load_source("someone/other")
 
 
 def test_split_and_subset_selection_follow_the_hub_file_conventions():
-    files = ["README.md", ".gitattributes", "en/train-0.parquet", "en/validation-0.parquet", "fr/train-0.parquet",
-             "dataset_infos.json", "misc/dev.json", "train.csv", "data.jsonl"]
+    files = [
+        "README.md",
+        ".gitattributes",
+        "en/train-0.parquet",
+        "en/validation-0.parquet",
+        "fr/train-0.parquet",
+        "dataset_infos.json",
+        "misc/dev.json",
+        "train.csv",
+        "data.jsonl",
+    ]
     assert split_of("en/validation-0.parquet") == "validation" and split_of("misc/dev.json") == "validation"
     assert split_of("data.jsonl") == "train" and split_of("test/part-1.parquet") == "test"
-    assert data_files(files, None) == ["data.jsonl", "en/train-0.parquet", "en/validation-0.parquet",
-                                       "fr/train-0.parquet", "misc/dev.json", "train.csv"]
+    assert data_files(files, None) == [
+        "data.jsonl",
+        "en/train-0.parquet",
+        "en/validation-0.parquet",
+        "fr/train-0.parquet",
+        "misc/dev.json",
+        "train.csv",
+    ]
     assert data_files(files, "fr") == ["fr/train-0.parquet"]
 
 
@@ -135,22 +174,37 @@ def test_eval_data_replaces_the_held_out_split(tmp_path, tiny_tok):
 
 
 def test_report_says_once_which_messages_a_shipped_template_drops(tmp_path):
-    from phi_models.shipped_template import ShippedTemplate
-    from phi_models.tokenizer import PhiTokenizer
     from tokenizers import Tokenizer
 
     from phi_models.presets import tiny_tokenizer_path
+    from phi_models.shipped_template import ShippedTemplate
+    from phi_models.tokenizer import PhiTokenizer
 
     # The April-2024 Phi-3 template's structure (system messages are not rendered) on the tiny tokenizer.
-    april = ("{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') %}"
-             "{{'<|user|>' + '\\n' + message['content'] + '<|end|>' + '\\n' + '<|assistant|>' + '\\n'}}"
-             "{% elif (message['role'] == 'assistant') %}{{message['content'] + '<|end|>' + '\\n'}}{% endif %}"
-             "{% endfor %}")
-    tok = PhiTokenizer(Tokenizer.from_file(str(tiny_tokenizer_path())), bos_token="<|endoftext|>",
-                       eos_token="<|endoftext|>", pad_token="<|endoftext|>", chat_format="phi3",
-                       chat_template=ShippedTemplate(april, "tokenizer_config.json"))
-    rows = [{"messages": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": f"q{i}"},
-                          {"role": "assistant", "content": f"a{i}"}]} for i in range(4)]
+    april = (
+        "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') %}"
+        "{{'<|user|>' + '\\n' + message['content'] + '<|end|>' + '\\n' + '<|assistant|>' + '\\n'}}"
+        "{% elif (message['role'] == 'assistant') %}{{message['content'] + '<|end|>' + '\\n'}}{% endif %}"
+        "{% endfor %}"
+    )
+    tok = PhiTokenizer(
+        Tokenizer.from_file(str(tiny_tokenizer_path())),
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        chat_format="phi3",
+        chat_template=ShippedTemplate(april, "tokenizer_config.json"),
+    )
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": "Be terse."},
+                {"role": "user", "content": f"q{i}"},
+                {"role": "assistant", "content": f"a{i}"},
+            ]
+        }
+        for i in range(4)
+    ]
     prepared = prepare(str(write_jsonl(tmp_path / "chats.jsonl", rows)), tok, val_fraction=0.0)
     assert prepared.template == "model"
     report = str(prepared.report)

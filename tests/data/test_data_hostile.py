@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from data import prepare
-from data.errors import DataError
-from data.limits import text_char_budget
-from data.tokenize import tokenize_segments
 from phi_models import Segment
-
-from .conftest import write_jsonl
+from philora.data import prepare
+from philora.data.errors import DataError
+from philora.data.limits import text_char_budget
+from philora.data.tokenize import tokenize_segments
+from tests.data.conftest import write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = {"prompt": "What is two plus two?", "completion": "Four."}
@@ -30,19 +29,31 @@ def _jsonl_bytes(path: Path, data: bytes) -> Path:
 
 # (file name, content bytes, words the error must contain)
 MALFORMED = {
-    "jsonl-not-utf8": ("d.jsonl", json.dumps(GOOD).encode() + b"\n" + b'{"prompt": "\xff\xfe", "completion": "x"}\n',
-                       ["d.jsonl", "UTF-8"]),
-    "jsonl-deep-nesting": ("d.jsonl", b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b', "completion": "x"}\n',
-                           ["d.jsonl:1", "nested too deeply"]),
-    "jsonl-huge-integer": ("d.jsonl", b'{"prompt": "a", "completion": "b", "n": ' + b"9" * 10_000 + b"}\n",
-                           ["d.jsonl:1", "unusable JSON"]),
+    "jsonl-not-utf8": (
+        "d.jsonl",
+        json.dumps(GOOD).encode() + b"\n" + b'{"prompt": "\xff\xfe", "completion": "x"}\n',
+        ["d.jsonl", "UTF-8"],
+    ),
+    "jsonl-deep-nesting": (
+        "d.jsonl",
+        b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b', "completion": "x"}\n',
+        ["d.jsonl:1", "nested too deeply"],
+    ),
+    "jsonl-huge-integer": (
+        "d.jsonl",
+        b'{"prompt": "a", "completion": "b", "n": ' + b"9" * 10_000 + b"}\n",
+        ["d.jsonl:1", "unusable JSON"],
+    ),
     "jsonl-not-an-object": ("d.jsonl", b"[1, 2, 3]\n", ["d.jsonl:1", "JSON object"]),
     "jsonl-broken": ("d.jsonl", b'{"prompt": "a", \n', ["d.jsonl:1", "malformed JSON"]),
     "jsonl-wrong-type": ("d.jsonl", b'{"prompt": 5, "completion": ["x"]}\n', ["d.jsonl:1", "must be a string"]),
     "json-not-utf8": ("d.json", b'[{"prompt": "\xc3\x28", "completion": "x"}]', ["d.json", "UTF-8"]),
     "json-deep-nesting": ("d.json", b"[" * 100_000 + b"]" * 100_000, ["d.json", "nested too deeply"]),
-    "json-huge-integer": ("d.json", b'[{"prompt": "a", "completion": "b", "n": ' + b"1" * 10_000 + b"}]",
-                          ["d.json", "unusable JSON"]),
+    "json-huge-integer": (
+        "d.json",
+        b'[{"prompt": "a", "completion": "b", "n": ' + b"1" * 10_000 + b"}]",
+        ["d.json", "unusable JSON"],
+    ),
     "json-scalar": ("d.json", b"42", ["d.json", "expected a JSON list"]),
     "parquet-garbage": ("d.parquet", b"PAR1" + os.urandom(256) + b"PAR1", ["d.parquet", "not a readable parquet"]),
     "parquet-empty": ("d.parquet", b"", ["d.parquet", "not a readable parquet"]),
@@ -93,7 +104,8 @@ def test_huge_record_is_cut_before_tokenizing_with_the_same_tokens(tiny_tok):
 _RSS_SCRIPT = textwrap.dedent("""
     import sys, time
     started = time.monotonic()
-    import data, phi_models
+    import phi_models
+    from philora import data
     tok = phi_models.load_tokenizer("tiny")
     try:
         prepared = data.prepare(sys.argv[1], tok, max_seq_len=256, val_fraction=0)
@@ -108,8 +120,14 @@ RSS_BOUND_KB = 1_000_000  # python + torch + tokenizers start near 300 MB; befor
 
 
 def _measure(path: Path) -> tuple[str, int, float]:
-    proc = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(path)], cwd=REPO, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     outcome, stats = proc.stdout.strip().splitlines()[-2:]
     _, hwm, _, seconds = stats.split()
@@ -142,14 +160,28 @@ def test_parquet_compression_bomb_is_refused_with_bounded_memory(tmp_path):
     assert hwm < RSS_BOUND_KB, f"peak RSS {hwm} kB"
 
 
-@pytest.mark.parametrize("call, words", [
-    (lambda tok: prepare("samples/roleplay", 5), "phi_models.PhiTokenizer"),
-    (lambda tok: prepare("samples/roleplay", tok, max_seq_len="64"), "max_seq_len must be an integer"),
-    (lambda tok: prepare("samples/roleplay", tok, val_fraction="x"), "val_fraction must be a number"),
-    (lambda tok: prepare("samples/roleplay", tok, limit=2.5), "limit must be an integer"),
-    (lambda tok: __import__("data").make_batches(None, batch_size=2, max_seq_len=8, pad_id=0), "list of data.Example"),
-    (lambda tok: __import__("data").make_batches([], batch_size="2", max_seq_len=8, pad_id=0), "batch_size"),
-], ids=["tokenizer-int", "max-seq-len-str", "val-fraction-str", "limit-float", "examples-none", "batch-size-str"])
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda tok: prepare("samples/roleplay", 5), "phi_models.PhiTokenizer"),
+        (lambda tok: prepare("samples/roleplay", tok, max_seq_len="64"), "max_seq_len must be an integer"),
+        (lambda tok: prepare("samples/roleplay", tok, val_fraction="x"), "val_fraction must be a number"),
+        (lambda tok: prepare("samples/roleplay", tok, limit=2.5), "limit must be an integer"),
+        (
+            lambda tok: __import__("philora.data", fromlist=["make_batches"]).make_batches(
+                None, batch_size=2, max_seq_len=8, pad_id=0
+            ),
+            "list of data.Example",
+        ),
+        (
+            lambda tok: __import__("philora.data", fromlist=["make_batches"]).make_batches(
+                [], batch_size="2", max_seq_len=8, pad_id=0
+            ),
+            "batch_size",
+        ),
+    ],
+    ids=["tokenizer-int", "max-seq-len-str", "val-fraction-str", "limit-float", "examples-none", "batch-size-str"],
+)
 def test_wrong_argument_types_are_data_errors(tiny_tok, call, words):
     with pytest.raises(DataError, match=words):
         call(tiny_tok)

@@ -10,12 +10,11 @@ import pytest
 from huggingface_hub import constants
 
 import phi_models.hub
-from data import prepare
-from data.errors import DataError
-from data.sources import load_source
-from data.sources.registry import SAMPLES_DIR
-
-from .conftest import write_jsonl
+from philora.data import prepare
+from philora.data.errors import DataError
+from philora.data.sources import load_source
+from philora.data.sources.registry import SAMPLES_DIR
+from tests.data.conftest import write_jsonl
 
 SHA = "b239442a322d1218b79b47da549d6e0e0ec7482b"
 
@@ -36,15 +35,22 @@ def offline_cache(tmp_path, monkeypatch):
         target = repo / "snapshots" / SHA / filename
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(source, target)
+
     return add
 
 
 def test_named_sources_resolve_from_the_cache_offline(offline_cache):
-    offline_cache("hieunguyenminh/roleplay", "data/train-00000-of-00001.parquet",
-                  SAMPLES_DIR / "roleplay/data/train-00000-of-00001.parquet")
+    offline_cache(
+        "hieunguyenminh/roleplay",
+        "data/train-00000-of-00001.parquet",
+        SAMPLES_DIR / "roleplay/data/train-00000-of-00001.parquet",
+    )
     for split in ("train", "val"):
-        offline_cache("Salesforce/dialogstudio", f"dialogue_summarization/TweetSumm/{split}/dialogues_1.json",
-                      SAMPLES_DIR / f"tweetsumm/dialogue_summarization/TweetSumm/{split}/dialogues_1.json")
+        offline_cache(
+            "Salesforce/dialogstudio",
+            f"dialogue_summarization/TweetSumm/{split}/dialogues_1.json",
+            SAMPLES_DIR / f"tweetsumm/dialogue_summarization/TweetSumm/{split}/dialogues_1.json",
+        )
     for name in ("train-00000-of-00001-b42a775f407cee45.parquet", "validation-00000-of-00001-134b8fd0c89408b6.parquet"):
         offline_cache("OpenAssistant/oasst1", f"data/{name}", SAMPLES_DIR / "oasst1/data" / name)
     for name in ("roleplay", "tweetsumm", "oasst1"):
@@ -84,11 +90,16 @@ def test_malformed_json_line_names_file_and_line(tmp_path):
 
 def test_missing_field_lists_the_fields_found(tmp_path):
     path = write_jsonl(tmp_path / "m.jsonl", [{"messages": [{"role": "user", "text": "hi"}]}])
-    with pytest.raises(DataError, match=r"m\.jsonl:1 turn 0: missing field\(s\) \['content'\]; "
-                                        r"the record has \['role', 'text'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"m\.jsonl:1 turn 0: missing field\(s\) \['content'\]; "
+        r"the record has \['role', 'text'\]",
+    ):
         load_source(str(path))
     forced = write_jsonl(tmp_path / "f.jsonl", [{"prompt": "a", "completion": "b"}])
-    with pytest.raises(DataError, match=r"f\.jsonl:1: missing field\(s\) \['text'\]; the record has \['completion', 'prompt'\]"):
+    with pytest.raises(
+        DataError, match=r"f\.jsonl:1: missing field\(s\) \['text'\]; the record has \['completion', 'prompt'\]"
+    ):
         load_source(str(forced), shape="text")
 
 
@@ -96,11 +107,13 @@ def test_missing_field_in_parquet_names_the_row(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from data.sources.roleplay import load_roleplay
+    from philora.data.sources.roleplay import load_roleplay
 
     path = tmp_path / "rp.parquet"
     pq.write_table(pa.Table.from_pylist([{"name": "A", "description": "d"}]), path)
-    with pytest.raises(DataError, match=r"rp\.parquet row 0: missing field\(s\) \['text'\]; the record has \['description', 'name'\]"):
+    with pytest.raises(
+        DataError, match=r"rp\.parquet row 0: missing field\(s\) \['text'\]; the record has \['description', 'name'\]"
+    ):
         load_roleplay([path])
 
 
@@ -123,8 +136,11 @@ def test_unknown_role_and_source(tmp_path):
 
 
 def test_empty_dataset_after_filtering(tiny_tok):
-    with pytest.raises(DataError, match=r"samples/oasst1: no training examples left after filtering \(\d+ read, "
-                                        r"\d+ filtered"):
+    with pytest.raises(
+        DataError,
+        match=r"samples/oasst1: no training examples left after filtering \(\d+ read, "
+        r"\d+ filtered",
+    ):
         prepare("samples/oasst1", tiny_tok, lang="fr")
 
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from data import DataError, render_prompt
-from data.conversation import Message
-from data.model_template import render_with_model_template
-from data.tokenize import IGNORE_INDEX, tokenize_segments
 from phi_models import load_tokenizer
 from phi_models.chat_format import render_chat
+from philora.data import DataError, render_prompt
+from philora.data.conversation import Message
+from philora.data.model_template import render_with_model_template
+from philora.data.tokenize import IGNORE_INDEX, tokenize_segments
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "realcases"
@@ -27,19 +27,32 @@ PHI3_RELEASES = {
     "02e_phi3_mini_4k_instruct_2024-07_tokenizer_ortx": "phi3",
     "02f_phi3_mini_128k_instruct_2024-04-23_first_release_tokenizer_ortx": "phi3",
 }
-APRIL = {"02a_phi3_mini_4k_instruct_2024-04", "02b_phi3_mini_128k_instruct_2024-04",
-         "02f_phi3_mini_128k_instruct_2024-04-23_first_release_tokenizer_ortx"}
+APRIL = {
+    "02a_phi3_mini_4k_instruct_2024-04",
+    "02b_phi3_mini_128k_instruct_2024-04",
+    "02f_phi3_mini_128k_instruct_2024-04-23_first_release_tokenizer_ortx",
+}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 
 CONVERSATIONS = {
     "single": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
-    "system": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-               {"role": "assistant", "content": "Hello!"}],
-    "multi": [{"role": "system", "content": "You are kind."}, {"role": "user", "content": "2+2?"},
-              {"role": "assistant", "content": "4 "}, {"role": "user", "content": "And 3+3?"},
-              {"role": "assistant", "content": "6  \n"}],
-    "empty_system": [{"role": "system", "content": ""}, {"role": "user", "content": "Hi"},
-                     {"role": "assistant", "content": "Yo"}],
+    "system": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ],
+    "multi": [
+        {"role": "system", "content": "You are kind."},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4 "},
+        {"role": "user", "content": "And 3+3?"},
+        {"role": "assistant", "content": "6  \n"},
+    ],
+    "empty_system": [
+        {"role": "system", "content": ""},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Yo"},
+    ],
     "unicode": [{"role": "user", "content": "Ça va? 日本語 🙂"}, {"role": "assistant", "content": "Très bien — ✓"}],
     "open": [{"role": "system", "content": "S"}, {"role": "user", "content": "Ask"}],
 }
@@ -70,13 +83,13 @@ def target_spans(example, tok, text: str) -> list[str]:
     (``text`` is what was tokenized, the EOS included; decoding would add SentencePiece's spaces)."""
     encoding = tok.backend.encode(text, add_special_tokens=False)
     assert encoding.ids == example.input_ids + [example.targets[-1]]
-    learned = [False] + [t != IGNORE_INDEX for t in example.targets]   # targets[t] is the token at t + 1
+    learned = [False] + [t != IGNORE_INDEX for t in example.targets]  # targets[t] is the token at t + 1
     spans, start = [], None
     for position, flag in enumerate(learned + [False]):
         if flag and start is None:
             start = position
         elif not flag and start is not None:
-            spans.append(text[encoding.offsets[start][0]:encoding.offsets[position - 1][1]])
+            spans.append(text[encoding.offsets[start][0] : encoding.offsets[position - 1][1]])
             start = None
     return spans
 
@@ -94,8 +107,7 @@ def test_apply_chat_template_equals_transformers_for_every_phi3_release(tmp_path
     assert ours.chat_template.origin == "tokenizer_config.json"
     for name, conversation in CONVERSATIONS.items():
         for generation_prompt in (False, True):
-            expected = theirs.apply_chat_template(conversation, tokenize=False,
-                                                  add_generation_prompt=generation_prompt)
+            expected = theirs.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation_prompt)
             assert ours.apply_chat_template(conversation, add_generation_prompt=generation_prompt) == expected, name
 
 
@@ -112,25 +124,37 @@ def test_phi4_mini_template_renders_as_transformers(tmp_path):
     tools = [{"role": "system", "content": "S", "tools": '[{"name": "f"}]'}, {"role": "user", "content": "go"}]
     for conversation in [*CONVERSATIONS.values(), tools]:
         for generation_prompt in (False, True):
-            assert ours.apply_chat_template(conversation, add_generation_prompt=generation_prompt) == \
-                theirs.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation_prompt)
+            assert ours.apply_chat_template(
+                conversation, add_generation_prompt=generation_prompt
+            ) == theirs.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 @needs_real
 def test_microsoft_golden_cases_string_and_ids():
-    cases = json.loads((REAL / "07b_chat_template_fixtures" /
-                        "onnxruntime-extensions__test_tokenizer_chat__phi_cases.json").read_text())
+    cases = json.loads(
+        (
+            REAL / "07b_chat_template_fixtures" / "onnxruntime-extensions__test_tokenizer_chat__phi_cases.json"
+        ).read_text()
+    )
     case = next(c for c in cases if c["test"] == "Phi3MiniChatTemplate")
     tok = load_tokenizer(REAL / "02e_phi3_mini_4k_instruct_2024-07_tokenizer_ortx")
     text = tok.apply_chat_template(case["messages"], add_generation_prompt=case["add_generation_prompt"])
     assert text == case["expected_output"]
     assert tok.encode(text) == case["expected_ids"]
 
-    genai = json.loads((REAL / "07b_chat_template_fixtures" /
-                        "onnxruntime-genai__c_api_tests__Phi4Mini_ChatTemplate_case.json").read_text())
+    genai = json.loads(
+        (
+            REAL / "07b_chat_template_fixtures" / "onnxruntime-genai__c_api_tests__Phi4Mini_ChatTemplate_case.json"
+        ).read_text()
+    )
     from phi_models.shipped_template import render_shipped
-    assert render_shipped(genai["chat_template"], genai["messages"], {"eos_token": "<|endoftext|>"},
-                          genai["add_generation_prompt"]) == genai["expected_output"]
+
+    assert (
+        render_shipped(
+            genai["chat_template"], genai["messages"], {"eos_token": "<|endoftext|>"}, genai["add_generation_prompt"]
+        )
+        == genai["expected_output"]
+    )
 
 
 @needs_real
@@ -142,8 +166,9 @@ def test_transformers5_layout_is_read_and_detected_as_phi35(tmp_path):
     assert ours.chat_format == "phi3.5"
     for conversation in CONVERSATIONS.values():
         for generation_prompt in (False, True):
-            assert ours.apply_chat_template(conversation, add_generation_prompt=generation_prompt) == \
-                theirs.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation_prompt)
+            assert ours.apply_chat_template(
+                conversation, add_generation_prompt=generation_prompt
+            ) == theirs.apply_chat_template(conversation, tokenize=False, add_generation_prompt=generation_prompt)
 
 
 @needs_real
@@ -172,8 +197,14 @@ def test_masks_from_shipped_template_cover_exactly_the_replies(release):
 
 
 @needs_real
-@pytest.mark.parametrize("release", ["02c_phi3_mini_128k_instruct_2024-07", "02d_phi35_mini_instruct",
-                                     "02e_phi3_mini_4k_instruct_2024-07_tokenizer_ortx"])
+@pytest.mark.parametrize(
+    "release",
+    [
+        "02c_phi3_mini_128k_instruct_2024-07",
+        "02d_phi35_mini_instruct",
+        "02e_phi3_mini_4k_instruct_2024-07_tokenizer_ortx",
+    ],
+)
 def test_shipped_masks_equal_hand_written_where_the_templates_agree(release):
     tok = load_tokenizer(REAL / release)
     for name, conversation in CONVERSATIONS.items():
@@ -211,6 +242,7 @@ def test_render_prompt_named_templates(tiny_tok):
 def test_shipped_template_is_sandboxed_and_errors_are_one_line(tmp_path):
     from phi_models import PhiModelError
     from phi_models.shipped_template import render_shipped
+
     escape = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(PhiModelError, match="refused"):
         render_shipped(escape, [{"role": "user", "content": "x"}], {})
@@ -218,5 +250,9 @@ def test_shipped_template_is_sandboxed_and_errors_are_one_line(tmp_path):
         render_shipped("{{ raise_exception('only user') }}", [], {})
     with pytest.raises(PhiModelError, match="does not parse"):
         render_shipped("{% for %}", [], {})
-    assert render_shipped("{{ messages[0] | tojson }}{% generation %}G{% endgeneration %}",
-                          [{"role": "user", "content": "é<"}], {}) == '{"role": "user", "content": "é<"}G'
+    assert (
+        render_shipped(
+            "{{ messages[0] | tojson }}{% generation %}G{% endgeneration %}", [{"role": "user", "content": "é<"}], {}
+        )
+        == '{"role": "user", "content": "é<"}G'
+    )

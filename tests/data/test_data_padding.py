@@ -2,11 +2,11 @@
 
 import torch
 
-import data
 import lora_core
 import phi_models
-from training.loop import accumulate_window, evaluate
-from training.precision import Precision
+from philora import data
+from philora.training.loop import accumulate_window, evaluate
+from philora.training.precision import Precision
 
 CPU32 = Precision("fp32", torch.device("cpu"))
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from data import prepare
-from data.errors import DataError
-from data.tokenize import IGNORE_INDEX
-
-from .conftest import write_jsonl
+from philora.data import prepare
+from philora.data.errors import DataError
+from philora.data.tokenize import IGNORE_INDEX
+from tests.data.conftest import write_jsonl
 
 
 def test_report_counts_skips_and_truncation(tmp_path, tiny_tok):
-    records = [{"messages": [{"role": "user", "content": f"Question {i}?"},
-                             {"role": "assistant", "content": f"Answer {i}."}]} for i in range(8)]
+    records = [
+        {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]}
+        for i in range(8)
+    ]
     records.append({"messages": [{"role": "user", "content": "nobody answers"}]})
     records.append({"messages": [{"role": "user", "content": "long " * 300}, {"role": "assistant", "content": "ok"}]})
     records.append({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "word " * 300}]})

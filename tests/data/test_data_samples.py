@@ -9,8 +9,8 @@ import random
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
-from data.samples import make_samples
-from data.sources.registry import SAMPLES_DIR
+from philora.data.samples import make_samples
+from philora.data.sources.registry import SAMPLES_DIR
 
 
 def test_roleplay_sample_is_what_the_script_generates():
@@ -20,17 +20,41 @@ def test_roleplay_sample_is_what_the_script_generates():
 
 
 def test_tweetsumm_and_oasst1_samples_have_the_real_fields():
-    dialogs = json.loads((SAMPLES_DIR / "tweetsumm/dialogue_summarization/TweetSumm/train/dialogues_1.json").read_text())
+    dialogs = json.loads(
+        (SAMPLES_DIR / "tweetsumm/dialogue_summarization/TweetSumm/train/dialogues_1.json").read_text()
+    )
     key, dialog = next(iter(dialogs.items()))
     assert key.startswith("TweetSumm--train--")
     assert set(dialog) == {"original dialog id", "dialog index", "original dialog info", "log", "prompt"}
-    assert set(dialog["log"][0]) == {"turn id", "user utterance", "system response", "dialog history",
-                                     "original user side information", "original system side information"}
+    assert set(dialog["log"][0]) == {
+        "turn id",
+        "user utterance",
+        "system response",
+        "dialog history",
+        "original user side information",
+        "original system side information",
+    }
     oasst = pq.read_table(SAMPLES_DIR / "oasst1/data/train-00000-of-00001-b42a775f407cee45.parquet")
     assert set(oasst.column_names) == {
-        "message_id", "parent_id", "user_id", "created_date", "text", "role", "lang", "review_count",
-        "review_result", "deleted", "rank", "synthetic", "model_name", "detoxify", "message_tree_id",
-        "tree_state", "emojis", "labels"}
+        "message_id",
+        "parent_id",
+        "user_id",
+        "created_date",
+        "text",
+        "role",
+        "lang",
+        "review_count",
+        "review_result",
+        "deleted",
+        "rank",
+        "synthetic",
+        "model_name",
+        "detoxify",
+        "message_tree_id",
+        "tree_state",
+        "emojis",
+        "labels",
+    }
 
 
 def test_tiny_tokenizer_special_tokens_and_size():

@@ -8,15 +8,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data.conversation import Message
-from data.errors import DataError
-from data.sources import load_source
-from data.sources.local_files import load_local
-from data.sources.oasst1 import load_oasst1
-from data.sources.roleplay import load_roleplay
-from data.sources.tweetsumm import SYSTEM_PROMPT, clean_text, load_tweetsumm
-
-from .conftest import oasst_row, tweetsumm_dialog, write_jsonl, write_oasst_parquet
+from philora.data.conversation import Message
+from philora.data.errors import DataError
+from philora.data.sources import load_source
+from philora.data.sources.local_files import load_local
+from philora.data.sources.oasst1 import load_oasst1
+from philora.data.sources.roleplay import load_roleplay
+from philora.data.sources.tweetsumm import SYSTEM_PROMPT, clean_text, load_tweetsumm
+from tests.data.conftest import oasst_row, tweetsumm_dialog, write_jsonl, write_oasst_parquet
 
 
 def test_roleplay_parquet_parses_turns_and_strips_zephyr_ends(tmp_path):
@@ -26,19 +25,30 @@ def test_roleplay_parquet_parses_turns_and_strips_zephyr_ends(tmp_path):
         "<|user|>\nWhat do you bake?</s>\n<|assistant|>\nRye and sourdough.</s>\n",
         "<|user|>Who are you?<|assistant|>A knight.",  # no system block, no </s>
     ]
-    pq.write_table(pa.Table.from_pylist([
-        {"name": "Bob", "description": "Bob is a baker.", "text": texts[0]},
-        {"name": "Sir K", "description": "Sir K is a knight.", "text": texts[1]},
-    ]), path)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {"name": "Bob", "description": "Bob is a baker.", "text": texts[0]},
+                {"name": "Sir K", "description": "Sir K is a knight.", "text": texts[1]},
+            ]
+        ),
+        path,
+    )
     data = load_roleplay([path])
     assert data.kind == "roleplay" and data.records == 2
     assert data.train[0].messages == (
-        Message("system", "You are Bob, a baker."), Message("user", "Hi!"),
-        Message("assistant", "Hello, I bake bread."), Message("user", "What do you bake?"),
-        Message("assistant", "Rye and sourdough."))
+        Message("system", "You are Bob, a baker."),
+        Message("user", "Hi!"),
+        Message("assistant", "Hello, I bake bread."),
+        Message("user", "What do you bake?"),
+        Message("assistant", "Rye and sourdough."),
+    )
     # Without a system block the description becomes the system turn.
-    assert data.train[1].messages == (Message("system", "Sir K is a knight."), Message("user", "Who are you?"),
-                                      Message("assistant", "A knight."))
+    assert data.train[1].messages == (
+        Message("system", "Sir K is a knight."),
+        Message("user", "Who are you?"),
+        Message("assistant", "A knight."),
+    )
     assert data.train[0].meta["name"] == "Bob"
 
 
@@ -50,7 +60,9 @@ def test_tweetsumm_clean_text_follows_the_tutorial():
 def test_tweetsumm_dialogstudio_json(tmp_path, info_as_string):
     dialog = tweetsumm_dialog(
         [("@Brand my order  is late https://t.co/abc", "@123 Sorry! DM us. ^JK"), ("@Brand done", "@123 Fixed. ^JK")],
-        [["Order was late.", "Agent fixed it."], ["Second annotator."]], info_as_string)
+        [["Order was late.", "Agent fixed it."], ["Second annotator."]],
+        info_as_string,
+    )
     train = tmp_path / "train.json"
     train.write_text(json.dumps({"TweetSumm--train--1": dialog}))
     data = load_tweetsumm([train], None)
@@ -58,7 +70,8 @@ def test_tweetsumm_dialogstudio_json(tmp_path, info_as_string):
     assert conv.messages == (
         Message("system", SYSTEM_PROMPT),
         Message("user", "user: my order is late\nagent: Sorry! DM us.\nuser: done\nagent: Fixed."),
-        Message("assistant", "Order was late. Agent fixed it."))  # first annotator only
+        Message("assistant", "Order was late. Agent fixed it."),
+    )  # first annotator only
     assert data.val is None and data.kind == "tweetsumm"
 
 
@@ -76,8 +89,9 @@ def test_oasst1_best_ranked_path_and_language_filter(tmp_path):
     ]
     path = write_oasst_parquet(tmp_path / "train.parquet", rows)
     data = load_oasst1([path], None, lang="en")
-    assert [c.messages for c in data.train] == [(
-        Message("user", "Q1"), Message("assistant", "great"), Message("user", "Q2"), Message("assistant", "answer 2"))]
+    assert [c.messages for c in data.train] == [
+        (Message("user", "Q1"), Message("assistant", "great"), Message("user", "Q2"), Message("assistant", "answer 2"))
+    ]
     assert data.filtered == 1 and data.records == 2
     both = load_oasst1([path], None, lang=None)
     assert len(both.train) == 2 and both.train[1].messages[-1] == Message("assistant", "Buenas")
@@ -94,8 +108,14 @@ def test_local_shapes_are_detected(tmp_path):
         assert data.kind == shape
         assert data.train[0].messages == (Message("user", "Hi"), Message("assistant", "Yo"))
     alpaca = tmp_path / "alpaca.json"
-    alpaca.write_text(json.dumps([{"instruction": "Sum", "input": "1+1", "output": "2"},
-                                  {"instruction": "Say hi", "input": "", "output": "hi"}]))
+    alpaca.write_text(
+        json.dumps(
+            [
+                {"instruction": "Sum", "input": "1+1", "output": "2"},
+                {"instruction": "Say hi", "input": "", "output": "hi"},
+            ]
+        )
+    )
     data = load_local(alpaca)
     assert data.kind == "alpaca"
     # instruction + input is the user turn (TRL's and axolotl's reading), never a system turn
@@ -114,21 +134,36 @@ def test_parquet_local_file_and_forced_shape(tmp_path):
 
 
 def test_messages_repairs_and_weight_zero(tmp_path):
-    record = {"messages": [
-        {"role": "user", "content": "a"}, {"role": "user", "content": "b"},
-        {"role": "assistant", "content": "draft", "weight": 0}, {"role": "user", "content": "again"},
-        {"role": "assistant", "content": "final", "weight": 1}, {"role": "user", "content": "dangling"}]}
+    record = {
+        "messages": [
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": "b"},
+            {"role": "assistant", "content": "draft", "weight": 0},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": "final", "weight": 1},
+            {"role": "user", "content": "dangling"},
+        ]
+    }
     (conv,) = load_local(write_jsonl(tmp_path / "m.jsonl", [record])).train
-    assert conv.messages == (Message("user", "a\n\nb"), Message("assistant", "draft", train=False),
-                             Message("user", "again"), Message("assistant", "final"))
+    assert conv.messages == (
+        Message("user", "a\n\nb"),
+        Message("assistant", "draft", train=False),
+        Message("user", "again"),
+        Message("assistant", "final"),
+    )
 
 
 def test_bundled_samples_all_load():
-    for name, kind, at_least in [("samples/roleplay", "roleplay", 200), ("samples/tweetsumm", "tweetsumm", 40),
-                                 ("samples/oasst1", "oasst1", 10), ("samples/messages", "messages", 10),
-                                 ("samples/prompt_completion", "prompt_completion", 10),
-                                 ("samples/alpaca", "alpaca", 10), ("samples/sharegpt", "sharegpt", 10),
-                                 ("samples/text", "text", 10)]:
+    for name, kind, at_least in [
+        ("samples/roleplay", "roleplay", 200),
+        ("samples/tweetsumm", "tweetsumm", 40),
+        ("samples/oasst1", "oasst1", 10),
+        ("samples/messages", "messages", 10),
+        ("samples/prompt_completion", "prompt_completion", 10),
+        ("samples/alpaca", "alpaca", 10),
+        ("samples/sharegpt", "sharegpt", 10),
+        ("samples/text", "text", 10),
+    ]:
         data = load_source(name)
         assert data.kind == kind and len(data.train) >= at_least, name
         assert all(c.has_target for c in data.train), name

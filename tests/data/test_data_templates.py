@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import pytest
 
-from data.conversation import Conversation, Message
-from data.errors import DataError
-from data.sources.tweetsumm import SYSTEM_PROMPT
-from data.templates import default_template, render
+from philora.data.conversation import Conversation, Message
+from philora.data.errors import DataError
+from philora.data.sources.tweetsumm import SYSTEM_PROMPT
+from philora.data.templates import default_template, render
 
-CHAT = Conversation((Message("system", "Be kind."), Message("user", "Hi"), Message("assistant", "Hello!"),
-                     Message("user", "Bye"), Message("assistant", "See you.")))
+CHAT = Conversation(
+    (
+        Message("system", "Be kind."),
+        Message("user", "Hi"),
+        Message("assistant", "Hello!"),
+        Message("user", "Bye"),
+        Message("assistant", "See you."),
+    )
+)
 SINGLE = Conversation((Message("user", "Add 2 and 2."), Message("assistant", "4")))
-WITH_INPUT = Conversation((Message("system", "Summarize."), Message("user", " user: hi\nagent: hello "),
-                           Message("assistant", "A greeting.")))
+WITH_INPUT = Conversation(
+    (Message("system", "Summarize."), Message("user", " user: hi\nagent: hello "), Message("assistant", "A greeting."))
+)
 
 
 def _text(segments):
@@ -26,8 +34,9 @@ def _targets(segments):
 
 def test_roleplay_markers():
     segments = render(CHAT, "roleplay")
-    assert _text(segments) == ("<|system|>\nBe kind.\n<|user|>\nHi\n<|assistant|>\nHello!\n"
-                               "<|user|>\nBye\n<|assistant|>\nSee you.\n")
+    assert _text(segments) == (
+        "<|system|>\nBe kind.\n<|user|>\nHi\n<|assistant|>\nHello!\n<|user|>\nBye\n<|assistant|>\nSee you.\n"
+    )
     assert _targets(segments) == ["Hello!\n", "See you.\n"]
 
 
@@ -46,21 +55,29 @@ def test_instruct_output():
 def test_alpaca_with_and_without_input():
     assert _text(render(SINGLE, "alpaca")) == (
         "Below is an instruction that describes a task. Write a response that appropriately completes the "
-        "request.\n\n### Instruction:\nAdd 2 and 2.\n\n### Response:\n4")
+        "request.\n\n### Instruction:\nAdd 2 and 2.\n\n### Response:\n4"
+    )
     segments = render(WITH_INPUT, "alpaca")
     assert _text(segments) == (
         "Below is an instruction that describes a task, paired with an input that provides further context. "
         "Write a response that appropriately completes the request.\n\n### Instruction:\nSummarize.\n\n"
-        "### Input:\n user: hi\nagent: hello \n\n### Response:\nA greeting.")
+        "### Input:\n user: hi\nagent: hello \n\n### Response:\nA greeting."
+    )
     assert _targets(segments) == ["A greeting."]
 
 
 def test_instruction_is_the_tweetsumm_tutorial_format():
-    conv = Conversation((Message("system", SYSTEM_PROMPT), Message("user", "user: late\nagent: sorry"),
-                         Message("assistant", "Late order.")))
+    conv = Conversation(
+        (
+            Message("system", SYSTEM_PROMPT),
+            Message("user", "user: late\nagent: sorry"),
+            Message("assistant", "Late order."),
+        )
+    )
     segments = render(conv, "instruction")
-    assert _text(segments) == (f"### Instruction: {SYSTEM_PROMPT}\n\n### Input:\nuser: late\nagent: sorry\n\n"
-                               "### Response:\nLate order.")
+    assert _text(segments) == (
+        f"### Instruction: {SYSTEM_PROMPT}\n\n### Input:\nuser: late\nagent: sorry\n\n### Response:\nLate order."
+    )
     assert _targets(segments) == ["Late order."]
 
 
@@ -71,21 +88,31 @@ def test_plain_prompt_completion():
 
 def test_phi3_chat_format_from_phi_models():
     segments = render(CHAT, "phi3")
-    assert _text(segments) == ("<|system|>\nBe kind.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n"
-                               "<|user|>\nBye<|end|>\n<|assistant|>\nSee you.<|end|>\n")
+    assert _text(segments) == (
+        "<|system|>\nBe kind.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n"
+        "<|user|>\nBye<|end|>\n<|assistant|>\nSee you.<|end|>\n"
+    )
     assert _targets(segments) == ["Hello!<|end|>", "See you.<|end|>"]
 
 
 def test_phi4_mini_chat_format_from_phi_models():
     segments = render(CHAT, "phi4-mini")
-    assert _text(segments) == ("<|system|>Be kind.<|end|><|user|>Hi<|end|><|assistant|>Hello!<|end|>"
-                               "<|user|>Bye<|end|><|assistant|>See you.<|end|>")
+    assert _text(segments) == (
+        "<|system|>Be kind.<|end|><|user|>Hi<|end|><|assistant|>Hello!<|end|>"
+        "<|user|>Bye<|end|><|assistant|>See you.<|end|>"
+    )
     assert _targets(segments) == ["Hello!<|end|>", "See you.<|end|>"]
 
 
 def test_weight_zero_turn_is_not_a_target_in_chat_formats():
-    conv = Conversation((Message("user", "Hi"), Message("assistant", "draft", train=False),
-                         Message("user", "More"), Message("assistant", "final")))
+    conv = Conversation(
+        (
+            Message("user", "Hi"),
+            Message("assistant", "draft", train=False),
+            Message("user", "More"),
+            Message("assistant", "final"),
+        )
+    )
     assert _targets(render(conv, "phi3")) == ["final<|end|>"]
     assert _targets(render(conv, "roleplay")) == ["final\n"]
 

@@ -6,14 +6,21 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, normalizers
 from tokenizers.models import BPE
 
-from data.conversation import Conversation, Message
-from data.errors import DataError
-from data.templates import render
-from data.tokenize import IGNORE_INDEX, _token_flags, tokenize_segments
 from phi_models.tokenizer import PhiTokenizer
+from philora.data.conversation import Conversation, Message
+from philora.data.errors import DataError
+from philora.data.templates import render
+from philora.data.tokenize import IGNORE_INDEX, _token_flags, tokenize_segments
 
-CHAT = Conversation((Message("system", "Be kind."), Message("user", "Hi"), Message("assistant", "Hello!"),
-                     Message("user", "Bye"), Message("assistant", "See you.")))
+CHAT = Conversation(
+    (
+        Message("system", "Be kind."),
+        Message("user", "Hi"),
+        Message("assistant", "Hello!"),
+        Message("user", "Bye"),
+        Message("assistant", "See you."),
+    )
+)
 
 
 def _learned(example):
@@ -29,7 +36,8 @@ def test_masks_cover_exactly_the_replies_their_end_marker_and_eos(tiny_tok):
     # Inputs are the whole rendering; the EOS is only ever a target.
     assert tiny_tok.decode(example.input_ids, skip_special_tokens=False) == "".join(s.text for s in segments)
     assert tiny_tok.decode(_learned(example), skip_special_tokens=False) == (
-        "Hello!<|end|>See you.<|end|><|endoftext|>")
+        "Hello!<|end|>See you.<|end|><|endoftext|>"
+    )
     assert _learned(example)[-1] == tiny_tok.eos_token_id and example.targets[-1] == tiny_tok.eos_token_id
     # Shifted: wherever a target is set it is the next input token.
     for t in range(len(example) - 1):
@@ -64,6 +72,7 @@ def test_example_with_no_target_left_is_dropped(tiny_tok):
 
 # --- SentencePiece-style (Phi-3) tokenization -------------------------------------------------
 
+
 def _llama_like_tokenizer(rstrip: bool) -> PhiTokenizer:
     """A tiny BPE shaped like Phi-3's tokenizer.json: Prepend("▁") + Replace(" ", "▁") normalizer,
     no pre-tokenizer, byte fallback, and the Phi-3 chat markers as added special tokens."""
@@ -77,21 +86,34 @@ def _llama_like_tokenizer(rstrip: bool) -> PhiTokenizer:
         for k in range(1, len(word)):
             if (word[:k], word[k]) not in merges:
                 merges.append((word[:k], word[k]))
-            vocab.setdefault(word[:k + 1], len(vocab))
+            vocab.setdefault(word[: k + 1], len(vocab))
     backend = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False, rstrip=rstrip)
-                                for t in ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")])
-    return PhiTokenizer(backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                        chat_format="phi3", name="llama-like")
+    backend.add_special_tokens(
+        [
+            AddedToken(t, special=True, normalized=False, rstrip=rstrip)
+            for t in ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+        ]
+    )
+    return PhiTokenizer(
+        backend,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        chat_format="phi3",
+        name="llama-like",
+    )
 
 
 # rstrip=False is the original Phi-3 tokenizer.json; later revisions set rstrip=True on the markers,
 # which makes them swallow the newline after them ("<|end|>\n" is one token spanning target and prompt).
-@pytest.mark.parametrize("rstrip, replies", [
-    (False, ["Hello", "!", "<|end|>", "See", "▁you", ".", "<|end|>"]),
-    (True, ["▁Hello", "!", "<|end|>", "▁See", "▁you", ".", "<|end|>"]),
-])
+@pytest.mark.parametrize(
+    "rstrip, replies",
+    [
+        (False, ["Hello", "!", "<|end|>", "See", "▁you", ".", "<|end|>"]),
+        (True, ["▁Hello", "!", "<|end|>", "▁See", "▁you", ".", "<|end|>"]),
+    ],
+)
 def test_phi3_style_tokenizer_trains_on_the_full_string_tokens(rstrip, replies):
     tok = _llama_like_tokenizer(rstrip)
     segments = render(CHAT, "phi3")

@@ -32,8 +32,19 @@ def llama_cpp_dir(pytestconfig) -> Path:
         return ready.parent
     tarballs = sorted(cache.glob("llama_cpp_python-*.tar.gz"))
     if not tarballs:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--quiet",
-               "-d", str(cache), "llama-cpp-python"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-binary",
+            ":all:",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            str(cache),
+            "llama-cpp-python",
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         tarballs = sorted(cache.glob("llama_cpp_python-*.tar.gz"))
         if done.returncode != 0 or not tarballs:
@@ -54,8 +65,14 @@ def llama_cpp_dir(pytestconfig) -> Path:
 def run_converter(llama_cpp: Path, script: str, *args: str) -> None:
     """Run one of llama.cpp's converters (with its own gguf-py) and fail with its output if it fails."""
     env = dict(os.environ, PYTHONPATH=str(llama_cpp / "gguf-py") + os.pathsep + str(llama_cpp))
-    done = subprocess.run([sys.executable, str(llama_cpp / script), *args], capture_output=True, text=True,
-                          env=env, cwd=llama_cpp, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(llama_cpp / script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=llama_cpp,
+        timeout=600,
+    )
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
 
 
@@ -70,8 +87,9 @@ def read_gguf(path: Path) -> tuple[dict, dict]:
             continue
         value = field.contents()
         fields[key] = (tuple(t.name for t in field.types), value)
-    tensors = {t.name: (t.tensor_type.name, tuple(int(n) for n in t.shape), bytes(t.data.tobytes()))
-               for t in reader.tensors}
+    tensors = {
+        t.name: (t.tensor_type.name, tuple(int(n) for n in t.shape), bytes(t.data.tobytes())) for t in reader.tensors
+    }
     return fields, tensors
 
 
@@ -93,8 +111,7 @@ def small_hf_model(kind: str, vocab: int, seed: int = 0, **overrides):
     from transformers import Phi3Config, Phi3ForCausalLM, PhiConfig, PhiForCausalLM
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  num_attention_heads=4)
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
     if kind == "phi":
         config = PhiConfig(**common, partial_rotary_factor=0.5, max_position_embeddings=256, **overrides)
         cls = PhiForCausalLM
@@ -105,7 +122,7 @@ def small_hf_model(kind: str, vocab: int, seed: int = 0, **overrides):
         warnings.simplefilter("ignore")
         model = cls(config).eval()
         with torch.no_grad():  # make biases and norms non-trivial so a mix-up would show
-            for name, p in model.named_parameters():
+            for _name, p in model.named_parameters():
                 if p.dim() == 1:
                     p.add_(torch.randn_like(p) * 0.1)
     return model

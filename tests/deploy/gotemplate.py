@@ -56,14 +56,14 @@ def _tree(tokens, i=0, stop=("end",)):
             return nodes, i, value
         if head in ("if", "range"):
             branches, i = [], i
-            cond = value[len(head):].strip()
+            cond = value[len(head) :].strip()
             while True:
                 body, i, ending = _tree(tokens, i + 1, ("end",))
                 branches.append((cond, body))
                 if ending == "end":
                     break
-                cond = ending[len("else"):].strip()
-                cond = cond[len("if"):].strip() if cond.startswith("if") else None
+                cond = ending[len("else") :].strip()
+                cond = cond[len("if") :].strip() if cond.startswith("if") else None
             nodes.append((head, branches))
             i += 1
             continue

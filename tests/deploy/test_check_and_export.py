@@ -19,12 +19,37 @@ pytest.importorskip("gguf")
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from training.run import main
+    from philora.training.run import main
 
     out = tmp_path_factory.mktemp("deploy") / "run"
-    code = main(["--model", "tiny", "--data", "samples/roleplay", "--limit", "16", "--max-seq-len", "96",
-                 "--batch-size", "4", "--device", "cpu", "--sample-tokens", "0", "--max-steps", "1",
-                 "--eval-every", "0", "--save-every", "0", "--precision", "fp32", "--output-dir", str(out)])
+    code = main(
+        [
+            "--model",
+            "tiny",
+            "--data",
+            "samples/roleplay",
+            "--limit",
+            "16",
+            "--max-seq-len",
+            "96",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--sample-tokens",
+            "0",
+            "--max-steps",
+            "1",
+            "--eval-every",
+            "0",
+            "--save-every",
+            "0",
+            "--precision",
+            "fp32",
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert code == 0
     return out
 
@@ -55,17 +80,20 @@ def test_the_trained_run_is_deployable_everywhere(trained_run):
     assert "vllm: deployable" in done.stdout and "ollama: deployable" in done.stdout
 
 
-@pytest.mark.parametrize("case, targets, options, refused, message", [
-    ("dora", ["dense"], dict(r=4, use_dora=True), {"vllm", "llama.cpp", "ollama"}, "DoRA"),
-    ("rank 1024", ["fc1"], dict(r=1024), {"vllm"}, "rank 1024 is above vLLM's maximum"),
-    ("lm_head", ["lm_head"], dict(r=4), {"vllm", "llama.cpp", "ollama"}, "lm_head"),
-])
+@pytest.mark.parametrize(
+    "case, targets, options, refused, message",
+    [
+        ("dora", ["dense"], dict(r=4, use_dora=True), {"vllm", "llama.cpp", "ollama"}, "DoRA"),
+        ("rank 1024", ["fc1"], dict(r=1024), {"vllm"}, "rank 1024 is above vLLM's maximum"),
+        ("lm_head", ["lm_head"], dict(r=4), {"vllm", "llama.cpp", "ollama"}, "lm_head"),
+    ],
+)
 def test_check_refuses_with_the_fix(trained_run, tmp_path, case, targets, options, refused, message):
     run = run_with_adapter(trained_run, tmp_path, targets, **options)
     done = philora("check", str(run))
     assert done.returncode == 1
     lines = [line for line in done.stdout.splitlines() if line.startswith("refused by ")]
-    assert {line[len("refused by "):].split(":")[0] for line in lines} == refused
+    assert {line[len("refused by ") :].split(":")[0] for line in lines} == refused
     assert all("; fix: " in line for line in lines) and any(message in line for line in lines)
     assert "peft: deployable" in done.stdout
     single = philora("check", str(run), "--target", sorted(refused)[0])
@@ -107,7 +135,7 @@ def test_export_ollama_and_vllm(trained_run, tmp_path):
     done = philora("export", str(trained_run), "--format", "ollama", "--out", str(out), "--system", "Stay in role.")
     assert done.returncode == 0, done.stderr
     text = (out / "Modelfile").read_text()
-    assert text.startswith("FROM ./base.gguf\nADAPTER ./adapter.gguf\nTEMPLATE \"\"\"{{ range .Messages }}<|{{ .Role }}|>")
+    assert text.startswith('FROM ./base.gguf\nADAPTER ./adapter.gguf\nTEMPLATE """{{ range .Messages }}<|{{ .Role }}|>')
     assert 'PARAMETER stop "<|endoftext|>"' in text and 'PARAMETER stop "<|user|>"' in text
     assert text.endswith('SYSTEM """Stay in role."""\n')
     assert (out / "base.gguf").stat().st_size > (out / "adapter.gguf").stat().st_size > 0

@@ -16,8 +16,8 @@ import torch
 
 import lora_core
 import phi_models
-from deploy import DeployError
-from deploy.gguf_lora import write_gguf_lora
+from philora.deploy import DeployError
+from philora.deploy.gguf_lora import write_gguf_lora
 from tests.deploy.conftest import dequantized, model_with_random_lora, read_gguf, run_converter, small_hf_model
 
 pytest.importorskip("gguf")
@@ -39,8 +39,9 @@ def peft_twin(hf_dir, ours, peft_targets, lora_config_extra, copy):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
-        peft_model = get_peft_model(hf, LoraConfig(r=R, lora_alpha=ALPHA, target_modules=peft_targets,
-                                                   **lora_config_extra)).eval()
+        peft_model = get_peft_model(
+            hf, LoraConfig(r=R, lora_alpha=ALPHA, target_modules=peft_targets, **lora_config_extra)
+        ).eval()
     with torch.no_grad():
         copy(dict(peft_model.named_parameters()), dict(ours.named_parameters()))
     ids = torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(0))
@@ -85,12 +86,27 @@ def test_phi2_slices_and_rslora_match_the_converter(tmp_path, llama_cpp_dir):
     peft_twin(hf_dir, ours, ["q_proj", "v_proj", "dense", "fc1"], {"use_rslora": True}, copy)
     peft_dir = phi_models.export_peft_adapter(ours, tmp_path / "phi2-adapter", base_model_name_or_path=str(hf_dir))
     theirs = tmp_path / "theirs.gguf"
-    run_converter(llama_cpp_dir, "convert_lora_to_gguf.py", "--base", str(hf_dir), "--outtype", "f16",
-                  "--outfile", str(theirs), str(peft_dir))
+    run_converter(
+        llama_cpp_dir,
+        "convert_lora_to_gguf.py",
+        "--base",
+        str(hf_dir),
+        "--outtype",
+        "f16",
+        "--outfile",
+        str(theirs),
+        str(peft_dir),
+    )
     adapter = tmp_path / "adapter.safetensors"
     lora_core.save_adapter(ours, adapter)
-    mine = write_gguf_lora(*lora_core.read_adapter(adapter), config, tmp_path / "ours.gguf", dtype="f16",
-                           name=peft_dir.name, card_dir=peft_dir)
+    mine = write_gguf_lora(
+        *lora_core.read_adapter(adapter),
+        config,
+        tmp_path / "ours.gguf",
+        dtype="f16",
+        name=peft_dir.name,
+        card_dir=peft_dir,
+    )
 
     their_fields, their_tensors = read_gguf(theirs)
     my_fields, my_tensors = read_gguf(mine)
@@ -131,12 +147,27 @@ def test_phi3_fused_slices_are_scaled_right_where_the_converter_is_not(tmp_path,
     exported = json.loads((peft_dir / "adapter_config.json").read_text())
     assert exported["rank_pattern"] and exported["alpha_pattern"]  # what the converter ignores
     theirs = tmp_path / "theirs.gguf"
-    run_converter(llama_cpp_dir, "convert_lora_to_gguf.py", "--base", str(hf_dir), "--outtype", "q8_0",
-                  "--outfile", str(theirs), str(peft_dir))
+    run_converter(
+        llama_cpp_dir,
+        "convert_lora_to_gguf.py",
+        "--base",
+        str(hf_dir),
+        "--outtype",
+        "q8_0",
+        "--outfile",
+        str(theirs),
+        str(peft_dir),
+    )
     adapter = tmp_path / "adapter.safetensors"
     lora_core.save_adapter(ours, adapter)
-    mine = write_gguf_lora(*lora_core.read_adapter(adapter), config, tmp_path / "ours.gguf", dtype="q8_0",
-                           name=peft_dir.name, card_dir=peft_dir)
+    mine = write_gguf_lora(
+        *lora_core.read_adapter(adapter),
+        config,
+        tmp_path / "ours.gguf",
+        dtype="q8_0",
+        name=peft_dir.name,
+        card_dir=peft_dir,
+    )
 
     their_fields, their_tensors = read_gguf(theirs)
     my_fields, my_tensors = read_gguf(mine)
@@ -144,16 +175,19 @@ def test_phi3_fused_slices_are_scaled_right_where_the_converter_is_not(tmp_path,
     assert [(n, t[0], t[1]) for n, t in my_tensors.items()] == [(n, t[0], t[1]) for n, t in their_tensors.items()]
     qkv_b = {f"blk.{i}.attn_qkv.weight.lora_b" for i in range(config.num_hidden_layers)}
     assert {n: t for n, t in my_tensors.items() if n not in qkv_b} == {
-        n: t for n, t in their_tensors.items() if n not in qkv_b}  # equal q8_0 (and f16 fallback) blocks
+        n: t for n, t in their_tensors.items() if n not in qkv_b
+    }  # equal q8_0 (and f16 fallback) blocks
 
     # The update llama.cpp computes from each file, against PEFT's own delta weights.
     alpha = my_fields["adapter.lora.alpha"][1]
     my_values, their_values = dequantized(mine), dequantized(theirs)
     for i in range(config.num_hidden_layers):
         layer = peft_model.base_model.model.model.layers[i]
-        for gguf_name, module in ((f"blk.{i}.attn_qkv.weight", layer.self_attn.qkv_proj),
-                                  (f"blk.{i}.ffn_up.weight", layer.mlp.gate_up_proj),
-                                  (f"blk.{i}.attn_output.weight", layer.self_attn.o_proj)):
+        for gguf_name, module in (
+            (f"blk.{i}.attn_qkv.weight", layer.self_attn.qkv_proj),
+            (f"blk.{i}.ffn_up.weight", layer.mlp.gate_up_proj),
+            (f"blk.{i}.attn_output.weight", layer.self_attn.o_proj),
+        ):
             want = module.get_delta_weight("default")
             assert relative_error(effective(my_values, alpha, gguf_name), want) < 0.01  # q8_0 rounding only
             if "attn_qkv" in gguf_name:  # the converter's file: half PEFT's update (rank 2r, one alpha)
@@ -169,7 +203,8 @@ def test_adapters_llama_cpp_cannot_take_are_refused(tmp_path, case):
     adapter = tmp_path / "adapter.safetensors"
     lora_core.save_adapter(model, adapter)
     out = tmp_path / "out.gguf"
-    with pytest.raises(DeployError, match={"dora": "DoRA", "embedding": "model.embed_tokens",
-                                           "lm_head": "lm_head"}[case]):
+    with pytest.raises(
+        DeployError, match={"dora": "DoRA", "embedding": "model.embed_tokens", "lm_head": "lm_head"}[case]
+    ):
         write_gguf_lora(*lora_core.read_adapter(adapter), model.config, out)
     assert not out.exists()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from data.conversation import Conversation, Message
-from data.templates import TEMPLATES, render
-from deploy import DeployError
-from deploy.ollama import TEMPLATES as GO_TEMPLATES, modelfile
+from philora.data.conversation import Conversation, Message
+from philora.data.templates import TEMPLATES, render
+from philora.deploy import DeployError
+from philora.deploy.ollama import TEMPLATES as GO_TEMPLATES
+from philora.deploy.ollama import modelfile
 from tests.deploy.gotemplate import render as go_render
 
 SINGLE_TURN = {"alpaca", "instruction"}
@@ -31,9 +32,13 @@ def ollama_prompt(messages: list[Message], template: str) -> str:
 
 
 CONVERSATIONS = {
-    "multi-turn, system": [Message("system", "You are terse."), Message("user", "Hi there"),
-                           Message("assistant", "Hello."), Message("user", "Say \"2+2\"?"),
-                           Message("assistant", "4")],
+    "multi-turn, system": [
+        Message("system", "You are terse."),
+        Message("user", "Hi there"),
+        Message("assistant", "Hello."),
+        Message("user", 'Say "2+2"?'),
+        Message("assistant", "4"),
+    ],
     "one turn": [Message("user", "Summarise: a, b"), Message("assistant", "a b")],
     "one turn, system": [Message("system", "Context here"), Message("user", "Question?"), Message("assistant", "Yes")],
 }
@@ -55,12 +60,21 @@ def test_modelfile_template_equals_training_rendering(template, conversation):
 
 def test_phi35_template_drops_an_empty_system_message_like_training():
     messages = [Message("system", ""), Message("user", "Hi"), Message("assistant", "Yo")]
-    assert ollama_prompt(messages, "phi3.5") == training_prompt(messages, "phi3.5") == "<|user|>\nHi<|end|>\n<|assistant|>\n"
+    assert (
+        ollama_prompt(messages, "phi3.5")
+        == training_prompt(messages, "phi3.5")
+        == "<|user|>\nHi<|end|>\n<|assistant|>\n"
+    )
 
 
 def test_modelfile_lines():
-    text = modelfile(model_file="base.gguf", adapter_file="adapter.gguf", template="phi3",
-                     stops=["<|endoftext|>", "<|end|>", "<|end|>"], system="Be kind.")
+    text = modelfile(
+        model_file="base.gguf",
+        adapter_file="adapter.gguf",
+        template="phi3",
+        stops=["<|endoftext|>", "<|end|>", "<|end|>"],
+        system="Be kind.",
+    )
     lines = text.splitlines()
     assert lines[:2] == ["FROM ./base.gguf", "ADAPTER ./adapter.gguf"]
     assert lines[-3:] == ['PARAMETER stop "<|endoftext|>"', 'PARAMETER stop "<|end|>"', 'SYSTEM """Be kind."""']

@@ -1,4 +1,5 @@
 """Adapter files: safetensors round trip, config metadata, shape-mismatch errors, atomic writes."""
+
 import json
 import os
 import stat
@@ -55,8 +56,12 @@ def test_shape_mismatch_names_every_key_with_both_shapes(tmp_path):
     with pytest.raises(LoRAError) as info:
         lora.load_adapter(target, path)
     message = str(info.value)
-    for key, file_shape, model_shape in [("1.lora_A", (4, 8), (2, 8)), ("1.lora_B", (8, 4), (8, 2)),
-                                         ("3.lora_A", (4, 8), (2, 8)), ("3.lora_B", (4, 4), (4, 2))]:
+    for key, file_shape, model_shape in [
+        ("1.lora_A", (4, 8), (2, 8)),
+        ("1.lora_B", (8, 4), (8, 2)),
+        ("3.lora_A", (4, 8), (2, 8)),
+        ("3.lora_B", (4, 4), (4, 2)),
+    ]:
         assert f"{key}: file {file_shape} vs model {model_shape}" in message
     for key, value in lora.lora_state_dict(target).items():  # nothing was loaded
         assert torch.equal(value, before[key])
@@ -68,6 +73,7 @@ def test_strict_false_ignores_extra_and_missing_keys_strict_true_refuses(tmp_pat
     partial = {k: v for k, v in lora.lora_state_dict(source).items() if k.startswith("1.")}
     partial["9.lora_A"] = torch.zeros(2, 2)
     from safetensors.torch import save_file
+
     save_file(partial, str(path))
     target = _model(seed=3)
     missing, unexpected = lora.load_adapter(target, path)
@@ -111,6 +117,7 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
         with open(tmp, "w") as handle:
             handle.write("partial")
         raise RuntimeError("disk full")
+
     with pytest.raises(RuntimeError, match="disk full"):
         lora.atomic_write(path, failing)
     assert json.loads(path.read_text()) == {"step": 1}

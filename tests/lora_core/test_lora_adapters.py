@@ -1,4 +1,5 @@
 """Named adapters: several adapters on one model, active sets, per-row adapters, merging one adapter."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -19,7 +20,7 @@ class Tiny(nn.Module):
         self.out = nn.Linear(12, 5)
 
     def forward(self, ids):
-        hidden = self.qkv(self.embed(ids))                      # (B, T, 12)
+        hidden = self.qkv(self.embed(ids))  # (B, T, 12)
         hidden = self.conv(hidden.transpose(1, 2)).transpose(1, 2)  # conv over T
         return self.out(torch.relu(hidden))
 
@@ -51,8 +52,11 @@ def test_default_keeps_loralib_keys_and_named_adapter_has_its_own():
     model = _two_adapters()
     keys = set(lora.lora_state_dict(model))
     assert {"embed.lora_A", "qkv.lora_A", "qkv.lora_B", "out.lora_A"} <= keys
-    assert {"qkv.lora_adapters.roleplay.lora_A", "conv.lora_adapters.roleplay.lora_B",
-            "out.lora_adapters.roleplay.lora_A"} <= keys
+    assert {
+        "qkv.lora_adapters.roleplay.lora_A",
+        "conv.lora_adapters.roleplay.lora_B",
+        "out.lora_adapters.roleplay.lora_A",
+    } <= keys
     assert lora.adapter_names(model) == ["default", "roleplay"]
     assert model.lora_core_adapters["roleplay"]["adapted"] == ["qkv", "conv", "out"]
     assert model.lora_core_config["adapted"] == ["embed", "q", "v", "out"]
@@ -83,8 +87,8 @@ def test_adapter_rows_equal_each_row_run_alone_and_train_both_adapters():
         mixed = model(IDS)
     for index, name in enumerate(rows):
         lora.set_active_adapters(model, [] if name is None else [name])
-        alone = model(IDS[index:index + 1])
-        torch.testing.assert_close(mixed[index:index + 1], alone, rtol=1e-5, atol=1e-5)
+        alone = model(IDS[index : index + 1])
+        torch.testing.assert_close(mixed[index : index + 1], alone, rtol=1e-5, atol=1e-5)
     lora.set_active_adapters(model, None)
     with lora.adapter_rows(model, rows):
         model(IDS).pow(2).mean().backward()
@@ -166,10 +170,11 @@ def test_dora_beside_named_adapters_is_refused_before_any_change():
 def test_named_adapters_on_a_4bit_base_and_fused_slices():
     bnb = pytest.importorskip("bitsandbytes")
     torch.manual_seed(0)
-    model = nn.Sequential(bnb.nn.Linear4bit(16, 24, quant_type="nf4"), nn.GELU(),
-                          bnb.nn.Linear4bit(24, 8, quant_type="nf4")).to("cpu")  # moving quantizes
+    model = nn.Sequential(
+        bnb.nn.Linear4bit(16, 24, quant_type="nf4"), nn.GELU(), bnb.nn.Linear4bit(24, 8, quant_type="nf4")
+    ).to("cpu")  # moving quantizes
     model[0].lora_slices = {"q_proj": 16, "k_proj": 4, "v_proj": 4}
-    lora.inject(model, ["q_proj", "2"], r=2)                       # default: the q slice and the output layer
+    lora.inject(model, ["q_proj", "2"], r=2)  # default: the q slice and the output layer
     lora.inject(model, ["k_proj", "v_proj"], r=3, adapter_name="b")  # other slices, as a named adapter
     lora.inject(model, ["2"], r=2, adapter_name="c")
     _randomize(model)
@@ -179,7 +184,7 @@ def test_named_adapters_on_a_4bit_base_and_fused_slices():
         mixed = model(x)
     for index, name in enumerate(rows):
         lora.set_active_adapters(model, [] if name is None else [name])
-        torch.testing.assert_close(mixed[index:index + 1], model(x[index:index + 1]), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(mixed[index : index + 1], model(x[index : index + 1]), rtol=1e-5, atol=1e-5)
     packed = model[0].weight
     lora.set_active_adapters(model, ["b"])
     with pytest.warns(UserWarning, match="re-quantizes"):

@@ -1,5 +1,6 @@
 """Argument checks: inject validates everything before touching the model; broken adapter files and
 loads that would do nothing are refused; DoRA on fused slices is refused (not silently plain LoRA)."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -17,8 +18,11 @@ def _model():
 
 
 def _snapshot(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}, [type(m) for m in model.modules()], \
-        [p.requires_grad for p in model.parameters()]
+    return (
+        {k: v.clone() for k, v in model.state_dict().items()},
+        [type(m) for m in model.modules()],
+        [p.requires_grad for p in model.parameters()],
+    )
 
 
 def _unchanged(model, snapshot):
@@ -49,16 +53,19 @@ def test_lora_alpha_zero_or_nan_is_refused(alpha):
     _unchanged(model, snapshot)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(r="8"), r"r='8': inject needs a LoRA rank r >= 1 \(an int\)"),
-    (dict(lora_dropout="0.1"), r"lora_dropout='0.1' must be a number in \[0, 1\)"),
-    (dict(use_rslora="yes"), r"use_rslora='yes' must be True or False"),
-    (dict(lora_dtype=torch.int8), r"lora_dtype=torch.int8 must be None or a floating-point torch.dtype"),
-    (dict(rank_pattern=["2"]), r"rank_pattern=\['2'\] must be a dict of module name or regex -> value"),
-    (dict(rank_pattern={"2": 0}), r"rank_pattern\['2'\]=0: inject needs a LoRA rank r >= 1"),
-    (dict(targets=5), r"targets=5 must be a regex string, \"all-linear\" or a list of module names"),
-    (dict(adapter_name=3), r"adapter_name=3 must be a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(r="8"), r"r='8': inject needs a LoRA rank r >= 1 \(an int\)"),
+        (dict(lora_dropout="0.1"), r"lora_dropout='0.1' must be a number in \[0, 1\)"),
+        (dict(use_rslora="yes"), r"use_rslora='yes' must be True or False"),
+        (dict(lora_dtype=torch.int8), r"lora_dtype=torch.int8 must be None or a floating-point torch.dtype"),
+        (dict(rank_pattern=["2"]), r"rank_pattern=\['2'\] must be a dict of module name or regex -> value"),
+        (dict(rank_pattern={"2": 0}), r"rank_pattern\['2'\]=0: inject needs a LoRA rank r >= 1"),
+        (dict(targets=5), r"targets=5 must be a regex string, \"all-linear\" or a list of module names"),
+        (dict(adapter_name=3), r"adapter_name=3 must be a non-empty string"),
+    ],
+)
 def test_wrong_argument_types_say_what_to_pass(kwargs, message):
     model = _model()
     snapshot = _snapshot(model)

@@ -1,4 +1,5 @@
 """LoRADropout: nn.Dropout semantics with the cheaper CPU mask that inject turns on."""
+
 import torch
 import torch.nn as nn
 

@@ -1,4 +1,5 @@
 """transformers Conv1D (GPT-2) targets, "all-linear" and rank/alpha patterns, each checked against PEFT."""
+
 import copy
 
 import peft
@@ -12,16 +13,32 @@ GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
 
 def _gpt2():
-    config = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, vocab_size=50, n_positions=16,
-                                     bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                     initializer_range=0.3)  # logits through the tied wte need room to move
+    config = transformers.GPT2Config(
+        n_layer=2,
+        n_embd=16,
+        n_head=2,
+        vocab_size=50,
+        n_positions=16,
+        bos_token_id=0,
+        eos_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        initializer_range=0.3,
+    )  # logits through the tied wte need room to move
     torch.manual_seed(0)
     return transformers.GPT2LMHeadModel(config).eval()
 
 
 def _llama():
-    config = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1)
+    config = transformers.LlamaConfig(
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -40,8 +57,9 @@ def _copy_factors_into_peft(ours, reference):
 
 def test_gpt2_conv1d_inject_keeps_loralib_layout_equals_peft_and_trains():
     ours = _gpt2()
-    reference = peft.get_peft_model(copy.deepcopy(ours), peft.LoraConfig(r=4, lora_alpha=8,
-                                                                         target_modules=GPT2_TARGETS))
+    reference = peft.get_peft_model(
+        copy.deepcopy(ours), peft.LoraConfig(r=4, lora_alpha=8, target_modules=GPT2_TARGETS)
+    )
     names = lora.inject(ours, GPT2_TARGETS, r=4, lora_alpha=8)
     assert len(names) == 2 * 4  # c_attn, attn.c_proj, c_fc, mlp.c_proj per block
     layer = ours.transformer.h[0].attn.c_attn  # Conv1D: weight (in 16, out 48)
@@ -105,8 +123,11 @@ def test_all_linear_selects_exactly_peft_set(build):
     ours, theirs = build(), build()
     adapted = lora.inject(ours, "all-linear", r=2)
     reference = peft.get_peft_model(theirs, peft.LoraConfig(r=2, target_modules="all-linear"))
-    peft_names = sorted(name[len("base_model.model."):] for name, module in reference.named_modules()
-                        if isinstance(module, peft.tuners.lora.LoraLayer))
+    peft_names = sorted(
+        name[len("base_model.model.") :]
+        for name, module in reference.named_modules()
+        if isinstance(module, peft.tuners.lora.LoraLayer)
+    )
     assert sorted(adapted) == peft_names
     assert "lm_head" not in adapted and ours.lora_core_config["targets"] == "all-linear"
 
@@ -115,11 +136,22 @@ def test_rank_and_alpha_patterns_equal_peft_and_are_recorded():
     ours = _llama()
     rank_pattern = {"v_proj": 2, r"layers\.1\.mlp\.down_proj": 6}
     alpha_pattern = {"q_proj": 3, "down_proj": 12}
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                             rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+    )
     reference = peft.get_peft_model(copy.deepcopy(ours), config)
-    lora.inject(ours, ["q_proj", "v_proj", "down_proj"], r=4, lora_alpha=8, rank_pattern=rank_pattern,
-                alpha_pattern=alpha_pattern)
+    lora.inject(
+        ours,
+        ["q_proj", "v_proj", "down_proj"],
+        r=4,
+        lora_alpha=8,
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+    )
     for name, module in ours.named_modules():
         if isinstance(module, lora.LoRALayer):
             peft_layer = reference.base_model.model.get_submodule(name)

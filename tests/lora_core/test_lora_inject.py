@@ -1,4 +1,5 @@
 """inject into models that are not ours, the fused-slice protocol, target matching and errors."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -36,7 +37,11 @@ def test_inject_into_transformer_encoder_layer_and_train():
     losses = _train(layer, lambda: (layer(x) - target).pow(2).mean())
     assert losses[-1] < 0.9 * losses[0]
     assert {n for n, p in layer.named_parameters() if p.requires_grad} == {
-        "linear1.lora_A", "linear1.lora_B", "linear2.lora_A", "linear2.lora_B"}
+        "linear1.lora_A",
+        "linear1.lora_B",
+        "linear2.lora_A",
+        "linear2.lora_B",
+    }
     trained = layer(x).detach()
     layer.eval()
     with torch.no_grad():  # torch's fused inference path must not bypass the adapters
@@ -61,14 +66,22 @@ def test_multihead_attention_out_proj_is_refused():
 
 def test_inject_into_tiny_llama_and_train():
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     model = transformers.LlamaForCausalLM(config).eval()
     ids = torch.randint(0, 64, (2, 12))
     before = model(ids).logits.detach()
     names = lora.inject(model, ["q_proj", "v_proj", "down_proj"], r=4, lora_alpha=8)
-    assert names == [f"model.layers.{i}.{p}" for i in range(2) for p in ("self_attn.q_proj", "self_attn.v_proj",
-                                                                          "mlp.down_proj")]
+    assert names == [
+        f"model.layers.{i}.{p}" for i in range(2) for p in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
+    ]
     torch.testing.assert_close(model(ids).logits, before)
     trainable, total = lora.trainable_parameters(model)
     assert trainable == 2 * (4 * (32 + 32) + 4 * (32 + 16) + 4 * (64 + 32))
@@ -196,6 +209,7 @@ def test_layers_with_their_own_forward_are_refused():
     class Scaled(nn.Linear):
         def forward(self, x):
             return 2 * super().forward(x)
+
     model = nn.Sequential(Scaled(4, 4))
     with pytest.raises(LoRAError, match="0: Scaled overrides Linear.forward"):
         lora.inject(model, ["0"], r=2)

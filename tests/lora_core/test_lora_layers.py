@@ -1,4 +1,5 @@
 """loralib parity, initialisation, gradients, dtypes and error cases of the LoRA layers."""
+
 import loralib
 import pytest
 import torch
@@ -28,14 +29,19 @@ def _randomize_lora(module):
 
 LAYERS = {
     "linear": (lambda m: m.Linear(12, 10, r=4, lora_alpha=8, lora_dropout=0.0), lambda: torch.randn(3, 5, 12)),
-    "linear_fan_in_fan_out": (lambda m: m.Linear(12, 10, r=2, lora_alpha=3, fan_in_fan_out=True),
-                              lambda: torch.randn(4, 12)),
-    "embedding": (lambda m: m.Embedding(30, 8, r=4, lora_alpha=4, padding_idx=0),
-                  lambda: torch.randint(0, 30, (3, 7))),
-    "merged": (lambda m: m.MergedLinear(12, 18, r=2, lora_alpha=4, enable_lora=[True, False, True]),
-               lambda: torch.randn(2, 6, 12)),
-    "merged_fan_in_fan_out": (lambda m: m.MergedLinear(12, 18, r=2, lora_alpha=4, enable_lora=[True, True, True],
-                                                       fan_in_fan_out=True), lambda: torch.randn(2, 6, 12)),
+    "linear_fan_in_fan_out": (
+        lambda m: m.Linear(12, 10, r=2, lora_alpha=3, fan_in_fan_out=True),
+        lambda: torch.randn(4, 12),
+    ),
+    "embedding": (lambda m: m.Embedding(30, 8, r=4, lora_alpha=4, padding_idx=0), lambda: torch.randint(0, 30, (3, 7))),
+    "merged": (
+        lambda m: m.MergedLinear(12, 18, r=2, lora_alpha=4, enable_lora=[True, False, True]),
+        lambda: torch.randn(2, 6, 12),
+    ),
+    "merged_fan_in_fan_out": (
+        lambda m: m.MergedLinear(12, 18, r=2, lora_alpha=4, enable_lora=[True, True, True], fan_in_fan_out=True),
+        lambda: torch.randn(2, 6, 12),
+    ),
     "conv2d": (lambda m: m.Conv2d(3, 6, 3, r=2, lora_alpha=4, padding=1), lambda: torch.randn(2, 3, 8, 8)),
     "conv2d_groups": (lambda m: m.Conv2d(4, 6, 3, r=2, lora_alpha=2, groups=2), lambda: torch.randn(2, 4, 7, 7)),
 }
@@ -61,8 +67,13 @@ def test_same_init_keys_and_outputs_as_loralib(kind):
 
 def test_lora_state_dict_matches_loralib_for_a_model():
     def build(m):
-        return nn.Sequential(m.Embedding(20, 8, r=2), m.Linear(8, 8, r=2, bias=True), nn.LayerNorm(8),
-                             m.MergedLinear(8, 12, r=2, enable_lora=[True, False, True]))
+        return nn.Sequential(
+            m.Embedding(20, 8, r=2),
+            m.Linear(8, 8, r=2, bias=True),
+            nn.LayerNorm(8),
+            m.MergedLinear(8, 12, r=2, enable_lora=[True, False, True]),
+        )
+
     ref, ours = _pair(lambda: build(loralib), lambda: build(lora))
     for bias in ("none", "all", "lora_only"):
         assert list(loralib.lora_state_dict(ref, bias=bias)) == list(lora.lora_state_dict(ours, bias=bias))
@@ -109,7 +120,11 @@ def test_bf16_base_with_fp32_lora_returns_base_dtype_and_fp32_grads():
     assert out.dtype == torch.bfloat16
     out.float().sum().backward()
     assert layer.lora_A.grad.dtype == torch.float32 and layer.lora_B.grad.abs().sum() > 0
-    expected = x.float() @ layer.weight.float().T + layer.bias.float() + x.float() @ layer.lora_A.T @ layer.lora_B.T * layer.scaling
+    expected = (
+        x.float() @ layer.weight.float().T
+        + layer.bias.float()
+        + x.float() @ layer.lora_A.T @ layer.lora_B.T * layer.scaling
+    )
     # bf16 compute: error relative to the output's scale stays within a few bf16 ulps
     assert (out.float() - expected).abs().max() <= 0.02 * expected.abs().max()
 

@@ -1,4 +1,5 @@
 """MergedLinear: unequal slices equal separate lora.Linear adapters; no full delta-W per call."""
+
 import pytest
 import torch
 
@@ -11,8 +12,9 @@ def _separate_from_fused(fused: lora.MergedLinear):
     pieces = []
     for info in fused.slice_info():
         rows = slice(info["start"], info["start"] + info["size"])
-        piece = lora.Linear(fused.in_features, info["size"], r=fused.r if info["enabled"] else 0,
-                            lora_alpha=fused.lora_alpha)
+        piece = lora.Linear(
+            fused.in_features, info["size"], r=fused.r if info["enabled"] else 0, lora_alpha=fused.lora_alpha
+        )
         with torch.no_grad():
             piece.weight.copy_(fused.weight[rows])
             piece.bias.copy_(fused.bias[rows])
@@ -61,6 +63,7 @@ def test_forward_never_builds_full_delta_weight(monkeypatch, enable):
 
     def forbidden(*args):
         raise AssertionError("forward built the full delta-W or the (out, r*n) block matrix")
+
     monkeypatch.setattr(lora.MergedLinear, "delta_weight", forbidden)
     # Forward runs each slice through its own B_g; the mostly-zero block matrix is for merging only.
     monkeypatch.setattr(lora_merged, "block_lora_B", forbidden)

@@ -1,5 +1,6 @@
 """Exact merge/unmerge, loralib's merge-on-eval, load_state_dict while merged, disable_adapters,
 merge_and_unload."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -16,14 +17,17 @@ def _randomize_lora(module, std=0.3):
 
 BUILDERS = {
     "linear": (lambda dt: lora.Linear(24, 16, r=4, lora_alpha=8, dtype=dt), lambda dt: torch.randn(3, 24, dtype=dt)),
-    "linear_fan_in_fan_out": (lambda dt: lora.Linear(24, 16, r=4, fan_in_fan_out=True, dtype=dt),
-                              lambda dt: torch.randn(3, 24, dtype=dt)),
-    "rslora": (lambda dt: lora.Linear(24, 16, r=4, use_rslora=True, dtype=dt),
-               lambda dt: torch.randn(3, 24, dtype=dt)),
+    "linear_fan_in_fan_out": (
+        lambda dt: lora.Linear(24, 16, r=4, fan_in_fan_out=True, dtype=dt),
+        lambda dt: torch.randn(3, 24, dtype=dt),
+    ),
+    "rslora": (lambda dt: lora.Linear(24, 16, r=4, use_rslora=True, dtype=dt), lambda dt: torch.randn(3, 24, dtype=dt)),
     "dora": (lambda dt: lora.Linear(24, 16, r=4, use_dora=True, dtype=dt), lambda dt: torch.randn(3, 24, dtype=dt)),
     "embedding": (lambda dt: lora.Embedding(40, 16, r=4, dtype=dt), lambda dt: torch.randint(0, 40, (3, 5))),
-    "merged": (lambda dt: lora.MergedLinear(24, 20, r=2, enable_lora=[True, False, True], slice_sizes=(12, 4, 4),
-                                            dtype=dt), lambda dt: torch.randn(3, 24, dtype=dt)),
+    "merged": (
+        lambda dt: lora.MergedLinear(24, 20, r=2, enable_lora=[True, False, True], slice_sizes=(12, 4, 4), dtype=dt),
+        lambda dt: torch.randn(3, 24, dtype=dt),
+    ),
     "conv2d": (lambda dt: lora.Conv2d(3, 8, 3, r=2, dtype=dt), lambda dt: torch.randn(2, 3, 6, 6, dtype=dt)),
 }
 
@@ -111,9 +115,13 @@ def test_disable_adapters_gives_base_outputs_and_restores_merge_state():
 
 def test_merge_and_unload_gives_plain_modules_with_same_outputs():
     torch.manual_seed(0)
-    model = nn.Sequential(lora.Embedding(30, 8, r=2), lora.Linear(8, 12, r=2, fan_in_fan_out=True),
-                          lora.MergedLinear(12, 12, r=2, enable_lora=[True, False, True]), nn.ReLU(),
-                          lora.Linear(12, 6, r=2, use_dora=True))
+    model = nn.Sequential(
+        lora.Embedding(30, 8, r=2),
+        lora.Linear(8, 12, r=2, fan_in_fan_out=True),
+        lora.MergedLinear(12, 12, r=2, enable_lora=[True, False, True]),
+        nn.ReLU(),
+        lora.Linear(12, 6, r=2, use_dora=True),
+    )
     _randomize_lora(model)
     x = torch.randint(0, 30, (2, 5))
     expected = model(x)

@@ -1,6 +1,7 @@
 """PEFT adapter directories for any model: real GPT-2 PEFT files and PEFT-written adapters loaded
 with lora_core.load_peft equal PeftModel.from_pretrained, and save_peft writes them back so PEFT
 loads them identically."""
+
 import copy
 import json
 import shutil
@@ -36,15 +37,26 @@ def _peft_logits(base, folder, ids):
 
 # The real adapters fix n_embd=768 and the layer count; a narrow MLP and a small vocabulary keep the
 # random base cheap without touching any adapted shape (attn.c_attn, attn.c_proj).
-REAL = [("distilgpt2_causal_lm", 6, transformers.GPT2LMHeadModel, {}),
-        ("gpt2_seq_cls", 12, transformers.GPT2ForSequenceClassification, {"num_labels": 6, "pad_token_id": 0})]
+REAL = [
+    ("distilgpt2_causal_lm", 6, transformers.GPT2LMHeadModel, {}),
+    ("gpt2_seq_cls", 12, transformers.GPT2ForSequenceClassification, {"num_labels": 6, "pad_token_id": 0}),
+]
 
 
 @pytest.mark.skipif(not REALCASES.is_dir(), reason="../shared/realcases (real PEFT GPT-2 adapters) is absent")
 @pytest.mark.parametrize("stem, layers, model_class, extra", REAL, ids=[r[0] for r in REAL])
 def test_real_gpt2_peft_adapters_load_like_peft_and_save_back(tmp_path, stem, layers, model_class, extra):
-    config = transformers.GPT2Config(n_layer=layers, n_embd=768, n_head=12, n_inner=32, vocab_size=256,
-                                     n_positions=32, bos_token_id=0, eos_token_id=0, **extra)
+    config = transformers.GPT2Config(
+        n_layer=layers,
+        n_embd=768,
+        n_head=12,
+        n_inner=32,
+        vocab_size=256,
+        n_positions=32,
+        bos_token_id=0,
+        eos_token_id=0,
+        **extra,
+    )
     torch.manual_seed(0)
     base = model_class(config).eval()
     folder = _peft_dir(tmp_path, stem)
@@ -73,8 +85,14 @@ def test_real_gpt2_peft_adapters_load_like_peft_and_save_back(tmp_path, stem, la
 
 
 def _tiny_llama():
-    config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2)
+    config = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     torch.manual_seed(0)
     return transformers.LlamaForCausalLM(config).eval()
 
@@ -96,9 +114,15 @@ def _peft_written(tmp_path, base, lora_config):
 def test_peft_written_adapter_with_patterns_loads_and_saves_identically(tmp_path, use_dora):
     base = _tiny_llama()
     targets = ["q_proj", "v_proj", "down_proj"] + ([] if use_dora else ["embed_tokens"])
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, use_rslora=not use_dora, use_dora=use_dora,
-                             rank_pattern={"v_proj": 2, r"layers\.1\.self_attn\.q_proj": 6},
-                             alpha_pattern={"down_proj": 3})
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=targets,
+        use_rslora=not use_dora,
+        use_dora=use_dora,
+        rank_pattern={"v_proj": 2, r"layers\.1\.self_attn\.q_proj": 6},
+        alpha_pattern={"down_proj": 3},
+    )
     folder = _peft_written(tmp_path, base, config)
     ids = torch.randint(0, 64, (2, 7))
     reference = _peft_logits(base, folder, ids)
@@ -159,8 +183,10 @@ def test_separate_peft_projections_load_into_fused_slices_and_back(tmp_path):
     assert isinstance(fused.qkv_proj, lora.MergedLinear) and fused.qkv_proj.enable_lora == [True, False, True]
     torch.testing.assert_close(fused(x), reference, rtol=1e-6, atol=1e-6)
     lora.save_peft(fused, tmp_path / "back")
-    original, again = load_file(folder / "adapter_model.safetensors"), load_file(tmp_path / "back" /
-                                                                                 "adapter_model.safetensors")
+    original, again = (
+        load_file(folder / "adapter_model.safetensors"),
+        load_file(tmp_path / "back" / "adapter_model.safetensors"),
+    )
     assert sorted(original) == sorted(again) and all(torch.equal(original[k], again[k]) for k in original)
 
 

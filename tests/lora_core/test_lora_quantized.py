@@ -1,4 +1,5 @@
 """LoRA over a bitsandbytes 4-bit base on CPU."""
+
 import warnings
 
 import bitsandbytes as bnb
@@ -13,11 +14,10 @@ def _quantized_model(quant_type="nf4", double_quant=True, compute_dtype=torch.fl
     torch.manual_seed(0)
     dense = nn.Sequential(nn.Linear(64, 48), nn.GELU(), nn.Linear(48, 32))
     quantized = nn.Sequential(
-        bnb.nn.Linear4bit(64, 48, compute_dtype=compute_dtype, quant_type=quant_type,
-                          compress_statistics=double_quant),
+        bnb.nn.Linear4bit(64, 48, compute_dtype=compute_dtype, quant_type=quant_type, compress_statistics=double_quant),
         nn.GELU(),
-        bnb.nn.Linear4bit(48, 32, compute_dtype=compute_dtype, quant_type=quant_type,
-                          compress_statistics=double_quant))
+        bnb.nn.Linear4bit(48, 32, compute_dtype=compute_dtype, quant_type=quant_type, compress_statistics=double_quant),
+    )
     quantized.load_state_dict(dense.state_dict())
     quantized.to("cpu")  # quantizes
     if fused:
@@ -108,6 +108,7 @@ def test_parameter_report_counts_packed_weights():
 
 def test_adapted_4bit_model_pickles():
     import io
+
     _, model = _quantized_model(fused=True)
     lora.inject(model, ["q_proj", "2"], r=2)
     with torch.no_grad():
@@ -123,14 +124,18 @@ def test_adapted_4bit_model_pickles():
 
 def _avx512bf16():
     from bitsandbytes.functional import has_avx512bf16
+
     return has_avx512bf16()
 
 
 @pytest.mark.skipif(not _avx512bf16(), reason="bitsandbytes repacks 4-bit weights only on AVX512-BF16 CPUs")
 def test_eval_inference_packing_never_breaks_training_or_merging():
     torch.manual_seed(0)
-    model = nn.Sequential(bnb.nn.Linear4bit(64, 128, compute_dtype=torch.bfloat16, quant_type="nf4"),
-                          nn.GELU(), bnb.nn.Linear4bit(128, 64, compute_dtype=torch.bfloat16, quant_type="nf4"))
+    model = nn.Sequential(
+        bnb.nn.Linear4bit(64, 128, compute_dtype=torch.bfloat16, quant_type="nf4"),
+        nn.GELU(),
+        bnb.nn.Linear4bit(128, 64, compute_dtype=torch.bfloat16, quant_type="nf4"),
+    )
     model.to("cpu")
     reference = dequantize(model[0])
     x = torch.randn(4, 64, dtype=torch.bfloat16)
@@ -142,7 +147,7 @@ def test_eval_inference_packing_never_breaks_training_or_merging():
     # bitsandbytes' inverse of its packing keeps the 4-bit codes but re-derives the block scales
     # through bf16, so a weight packed before inject comes back within bf16 rounding.
     restored = model[0].dequantized_weight().clone()
-    torch.testing.assert_close(restored, reference, atol=0, rtol=2 ** -7)
+    torch.testing.assert_close(restored, reference, atol=0, rtol=2**-7)
     model.train()
     model(x).float().sum().backward()  # fails on the packed layout unless lora_core restores it
     assert model[2].lora_B.grad is not None
@@ -155,4 +160,5 @@ def test_eval_inference_packing_never_breaks_training_or_merging():
 
 def dequantize(layer):
     from bitsandbytes.functional import dequantize_4bit
+
     return dequantize_4bit(layer.weight.data, layer.weight.quant_state).clone()

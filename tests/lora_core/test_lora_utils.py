@@ -1,4 +1,5 @@
 """mark_only_lora_as_trainable / lora_state_dict against loralib, and the trainable report."""
+
 import loralib
 import pytest
 import torch.nn as nn
@@ -7,8 +8,9 @@ import lora_core as lora
 
 
 def _build(module):
-    return nn.Sequential(module.Linear(4, 4, r=2, bias=True), nn.Linear(4, 4), nn.LayerNorm(4),
-                         module.Embedding(10, 4, r=2))
+    return nn.Sequential(
+        module.Linear(4, 4, r=2, bias=True), nn.Linear(4, 4), nn.LayerNorm(4), module.Embedding(10, 4, r=2)
+    )
 
 
 @pytest.mark.parametrize("bias", ["none", "all", "lora_only"])
@@ -29,7 +31,9 @@ def test_print_trainable_parameters(capsys):
     assert total == trainable + (16 + 4) + (16 + 4) + 8 + 40
     lora.print_trainable_parameters(model)
     printed = capsys.readouterr().out.strip()
-    assert printed == f"trainable params: {trainable} || all params: {total} || trainable%: {100 * trainable / total:.4f}"
+    assert (
+        printed == f"trainable params: {trainable} || all params: {total} || trainable%: {100 * trainable / total:.4f}"
+    )
 
 
 def test_shared_parameters_are_counted_once():

@@ -25,7 +25,8 @@ def test_phi3_training_sample_segments():
     ]
     # With data's final EOS this is the reference training sample.
     assert "".join(s.text for s in segments) + "<|endoftext|>" == (
-        "<|system|>\nYou are a helpful assistant.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n<|endoftext|>"
+        "<|system|>\nYou are a helpful "
+        "assistant.<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHello!<|end|>\n<|endoftext|>"
     )
 
 
@@ -43,7 +44,9 @@ def test_phi4_mini_no_newlines_and_tools():
     assert segments[-1] == Segment("Hello!<|end|>", True)
     tools = [{"name": "f", "parameters": {}}]
     text = render_chat_text([dict(SYSTEM, tools=tools), USER], "phi4-mini")
-    assert text.startswith('<|system|>You are a helpful assistant.<|tool|>[{"name": "f", "parameters": {}}]<|/tool|><|end|>')
+    assert text.startswith(
+        '<|system|>You are a helpful assistant.<|tool|>[{"name": "f", "parameters": {}}]<|/tool|><|end|>'
+    )
 
 
 def test_phi4():

@@ -20,17 +20,29 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.parametrize("flags, advice", [
-    (["--model", "tiny", "--data", "someone/some-dataset"], "pass --data a local .jsonl/.json/.parquet/.csv/.tsv file"),
-    (["--model", "tiny", "--data", "roleplay"], "pass --data a local .jsonl/.json/.parquet/.csv/.tsv file"),
-    (["--model", "someone/some-model", "--data", "samples/roleplay"], "pass --model a local directory"),
-])
+@pytest.mark.parametrize(
+    "flags, advice",
+    [
+        (
+            ["--model", "tiny", "--data", "someone/some-dataset"],
+            "pass --data a local .jsonl/.json/.parquet/.csv/.tsv file",
+        ),
+        (["--model", "tiny", "--data", "roleplay"], "pass --data a local .jsonl/.json/.parquet/.csv/.tsv file"),
+        (["--model", "someone/some-model", "--data", "samples/roleplay"], "pass --model a local directory"),
+    ],
+)
 def test_no_network_fails_fast_on_one_line(tmp_path, flags, advice):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(PYTHONPATH=str(REPO), HF_HOME=str(tmp_path / "hf"), HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}")
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "train.py", *flags, "--output-dir", str(tmp_path / "run")], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "train.py", *flags, "--output-dir", str(tmp_path / "run")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     took = time.monotonic() - started
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()

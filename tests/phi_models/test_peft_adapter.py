@@ -94,9 +94,11 @@ def test_phi3_slices_export_as_stacked_fused_adapter(saved_hf, tmp_path):
     out = phi_models.export_peft_adapter(ours, tmp_path / "peft")
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["target_modules"] == ["down_proj", "o_proj", "qkv_proj"] and config["r"] == 4
-    assert config["rank_pattern"] == {"qkv_proj": 8} and math.isclose(config["alpha_pattern"]["qkv_proj"],
-                                                                       8 * math.sqrt(2))
+    assert config["rank_pattern"] == {"qkv_proj": 8} and math.isclose(
+        config["alpha_pattern"]["qkv_proj"], 8 * math.sqrt(2)
+    )
     from safetensors.torch import load_file
+
     tensors = load_file(out / "adapter_model.safetensors")
     b = tensors["base_model.model.model.layers.0.self_attn.qkv_proj.lora_B.weight"]
     assert b.shape == (64 + 64 + 64, 8)
@@ -123,8 +125,15 @@ IMPORT_CASES = [
     ("phi-2", dict(target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"])),  # the roleplay tutorial
     ("phi-1_5", dict(target_modules=["q_proj", "v_proj"], rank_pattern={"v_proj": 2}, alpha_pattern={"q_proj": 3})),
     ("phi-2", dict(target_modules=["q_proj", "k_proj", "v_proj", "fc1"], use_dora=True, use_rslora=True)),
-    ("phi-3-mini-4k", dict(target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
-                           rank_pattern={"o_proj": 2}, alpha_pattern={"down_proj": 5}, use_rslora=True)),
+    (
+        "phi-3-mini-4k",
+        dict(
+            target_modules=["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
+            rank_pattern={"o_proj": 2},
+            alpha_pattern={"down_proj": 5},
+            use_rslora=True,
+        ),
+    ),
     ("phi-4-mini", dict(target_modules=["qkv_proj", "gate_up_proj"], use_dora=True)),
 ]
 
@@ -157,9 +166,13 @@ def _msft_checkpoint(hf, directory):
     from safetensors.torch import save_file
 
     sd, config = hf.state_dict(), hf.config
-    out = {"transformer.embd.wte.weight": sd["model.embed_tokens.weight"],
-           "lm_head.ln.weight": sd["model.final_layernorm.weight"], "lm_head.ln.bias": sd["model.final_layernorm.bias"],
-           "lm_head.linear.weight": sd["lm_head.weight"], "lm_head.linear.bias": sd["lm_head.bias"]}
+    out = {
+        "transformer.embd.wte.weight": sd["model.embed_tokens.weight"],
+        "lm_head.ln.weight": sd["model.final_layernorm.weight"],
+        "lm_head.ln.bias": sd["model.final_layernorm.bias"],
+        "lm_head.linear.weight": sd["lm_head.weight"],
+        "lm_head.linear.bias": sd["lm_head.bias"],
+    }
     for i in range(config.num_hidden_layers):
         p, q = f"model.layers.{i}.", f"transformer.h.{i}."
         for kind in ("weight", "bias"):
@@ -172,11 +185,22 @@ def _msft_checkpoint(hf, directory):
     directory.mkdir()
     save_file({k: v.contiguous() for k, v in out.items()}, directory / "model.safetensors")
     rotary_dim = int(config.hidden_size // config.num_attention_heads * config.rope_parameters["partial_rotary_factor"])
-    (directory / "config.json").write_text(json.dumps({
-        "model_type": "phi-msft", "n_embd": config.hidden_size, "n_head": config.num_attention_heads,
-        "n_layer": config.num_hidden_layers, "n_inner": config.intermediate_size, "vocab_size": config.vocab_size,
-        "n_positions": config.max_position_embeddings, "rotary_dim": rotary_dim,
-        "layer_norm_epsilon": config.layer_norm_eps, "activation_function": "gelu_new"}))
+    (directory / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "phi-msft",
+                "n_embd": config.hidden_size,
+                "n_head": config.num_attention_heads,
+                "n_layer": config.num_hidden_layers,
+                "n_inner": config.intermediate_size,
+                "vocab_size": config.vocab_size,
+                "n_positions": config.max_position_embeddings,
+                "rotary_dim": rotary_dim,
+                "layer_norm_epsilon": config.layer_norm_eps,
+                "activation_function": "gelu_new",
+            }
+        )
+    )
 
 
 def test_legacy_msft_adapter_loads_into_ours(saved_hf, tmp_path):
@@ -191,8 +215,11 @@ def test_legacy_msft_adapter_loads_into_ours(saved_hf, tmp_path):
     merged = copy.deepcopy(hf)
     sd = merged.state_dict()
     for i in range(hf.config.num_hidden_layers):
-        for legacy, hf_names in (("mixer.Wqkv", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
-                                 ("mixer.out_proj", ["self_attn.dense"]), ("mlp.fc1", ["mlp.fc1"])):
+        for legacy, hf_names in (
+            ("mixer.Wqkv", ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]),
+            ("mixer.out_proj", ["self_attn.dense"]),
+            ("mlp.fc1", ["mlp.fc1"]),
+        ):
             weights = [sd[f"model.layers.{i}.{n}.weight"] for n in hf_names]
             out_f, in_f = sum(w.shape[0] for w in weights), weights[0].shape[1]
             a, b = 0.2 * torch.randn(r, in_f, generator=gen), 0.2 * torch.randn(out_f, r, generator=gen)
@@ -200,13 +227,14 @@ def test_legacy_msft_adapter_loads_into_ours(saved_hf, tmp_path):
             tensors[f"base_model.model.transformer.h.{i}.{legacy}.lora_B.weight"] = b
             delta, start = b @ a * (alpha / r), 0
             for w in weights:  # transformers reference: the same update folded into q/k/v/dense/fc1
-                w += delta[start:start + w.shape[0]]
+                w += delta[start : start + w.shape[0]]
                 start += w.shape[0]
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     save_file(tensors, adapter / "adapter_model.safetensors")
-    (adapter / "adapter_config.json").write_text(json.dumps(
-        {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": ["Wqkv", "out_proj", "fc1"]}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": ["Wqkv", "out_proj", "fc1"]})
+    )
     ours = phi_models.from_pretrained(msft)
     phi_models.load_peft_adapter(ours, adapter)
     assert (_logits(ours.eval()) - _logits(merged)).abs().max() < TOL
@@ -230,14 +258,18 @@ def test_refusals_name_the_key_or_option(saved_hf, tmp_path):
     del good
     config = json.loads((tmp_path / "good" / "adapter_config.json").read_text())
     from safetensors.torch import load_file
+
     tensors = load_file(tmp_path / "good" / "adapter_model.safetensors")
     cases = [
         (dict(config, peft_type="IA3"), tensors, "peft_type='IA3'"),
         (dict(config, use_qalora=True), tensors, "use_qalora=True"),
         (dict(config, init_lora_weights="pissa"), tensors, "init_lora_weights='pissa'"),
         (dict(config, target_modules=["q_proj", "query_key_value"]), tensors, "'query_key_value' does not exist"),
-        (dict(config, modules_to_save=["score"]),
-         dict(tensors, **{"base_model.model.score.weight": torch.zeros(2, 80)}), "'score'"),
+        (
+            dict(config, modules_to_save=["score"]),
+            dict(tensors, **{"base_model.model.score.weight": torch.zeros(2, 80)}),
+            "'score'",
+        ),
     ]
     key = "base_model.model.model.layers.0.mlp.fc1.lora_B.weight"
     wrong = dict(tensors, **{key: torch.zeros(999, 4)})

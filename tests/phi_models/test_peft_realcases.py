@@ -41,8 +41,15 @@ EXPECTED = {
 
 def _model_for(base: str) -> PhiForCausalLM:
     phi3 = "phi-3" in base.lower()
-    config = PhiConfig(model_type="phi3" if phi3 else "phi", vocab_size=64, hidden_size=32, intermediate_size=64,
-                       num_hidden_layers=2, num_attention_heads=4, torch_dtype="float32")
+    config = PhiConfig(
+        model_type="phi3" if phi3 else "phi",
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        torch_dtype="float32",
+    )
     model = PhiForCausalLM(config)
     model.init_weights(0)
     return model.eval()
@@ -117,7 +124,9 @@ def test_real_broken_two_byte_safetensors_is_refused(tmp_path):
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     shutil.copyfile(REALCASES / "phi-1_5__megajajo__2024-05__adapter_config.json", adapter / "adapter_config.json")
-    shutil.copyfile(REALCASES / "phi-1_5__megajajo__2024-05__adapter_model.safetensors.BROKEN-2-bytes",
-                    adapter / "adapter_model.safetensors")
+    shutil.copyfile(
+        REALCASES / "phi-1_5__megajajo__2024-05__adapter_model.safetensors.BROKEN-2-bytes",
+        adapter / "adapter_model.safetensors",
+    )
     with pytest.raises(PhiModelError, match="adapter_model.safetensors is not a readable safetensors file"):
         phi_models.load_peft_adapter(_model_for("microsoft/phi-1_5"), adapter)

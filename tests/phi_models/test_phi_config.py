@@ -34,7 +34,13 @@ def test_phi4_mini_shapes():
 
 
 def test_missing_partial_rotary_defaults():
-    base = {"vocab_size": 100, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 4}
+    base = {
+        "vocab_size": 100,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 4,
+    }
     assert PhiConfig.from_dict(dict(base, model_type="phi")).rotary_dim == 8  # 0.5 for phi
     assert PhiConfig.from_dict(dict(base, model_type="phi3")).rotary_dim == 16  # 1.0 for phi3
 

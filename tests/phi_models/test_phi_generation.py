@@ -74,7 +74,11 @@ def test_stop_ids_and_streaming(tiny):
     stop = full[0][4]
     streamed = []
     out = phi_models.generate(
-        tiny, [[1, 2, 3], [9, 8]], max_new_tokens=12, stop_ids=[stop], stream=lambda row, tok: streamed.append((row, tok))
+        tiny,
+        [[1, 2, 3], [9, 8]],
+        max_new_tokens=12,
+        stop_ids=[stop],
+        stream=lambda row, tok: streamed.append((row, tok)),
     )
     assert out[0] == full[0][: full[0].index(stop)]
     expected_1 = full[1][: full[1].index(stop)] if stop in full[1] else full[1]

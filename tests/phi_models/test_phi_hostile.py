@@ -21,7 +21,7 @@ DEEP = "[" * 100_000 + "]" * 100_000
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A small Phi-3-shaped checkpoint written by transformers (config.json + model.safetensors)."""
-    from .conftest import hf_model
+    from tests.phi_models.conftest import hf_model
 
     directory = tmp_path_factory.mktemp("phi3")
     hf_model("phi-3-mini-4k").save_pretrained(directory, safe_serialization=True)
@@ -99,18 +99,24 @@ def test_config_json_that_is_a_directory(model_dir, tmp_path):
     _one_line_error(lambda: phi_models.from_pretrained(directory), "is a directory")
 
 
-@pytest.mark.parametrize("shard", ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors",
-                                   "C:\\\\x.safetensors", "model.bin"])
+@pytest.mark.parametrize(
+    "shard",
+    ["../outside.safetensors", "/etc/passwd", "sub/../../outside.safetensors", "C:\\\\x.safetensors", "model.bin"],
+)
 def test_index_shard_paths_stay_inside_the_model(model_dir, tmp_path, shard):
     directory = _copy(model_dir, tmp_path)
     (tmp_path / "outside.safetensors").write_bytes((directory / "model.safetensors").read_bytes())
-    keys = json.loads((directory / "model.safetensors").read_bytes()[8:8 + struct.unpack("<Q", (
-        directory / "model.safetensors").read_bytes()[:8])[0]])
+    keys = json.loads(
+        (directory / "model.safetensors").read_bytes()[
+            8 : 8 + struct.unpack("<Q", (directory / "model.safetensors").read_bytes()[:8])[0]
+        ]
+    )
     weight_map = {key: shard for key in keys if key != "__metadata__"}
     (directory / "model.safetensors").unlink()
     (directory / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    _one_line_error(lambda: phi_models.from_pretrained(directory), "model.safetensors.index.json",
-                    "inside the model directory")
+    _one_line_error(
+        lambda: phi_models.from_pretrained(directory), "model.safetensors.index.json", "inside the model directory"
+    )
 
 
 INDEX_FILES = {
@@ -132,8 +138,9 @@ SHARD_HEADERS = {
     "header-length-beyond-file": struct.pack("<Q", 10**12) + b"{}",
     "header-not-json": struct.pack("<Q", 8) + b"notjson!",
     "too-short": b"\x01\x02",
-    "offsets-beyond-data": struct.pack("<Q", 70) + b'{"x":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]}}'
-                            + b" " * 9,
+    "offsets-beyond-data": struct.pack("<Q", 70)
+    + b'{"x":{"dtype":"F32","shape":[1000],"data_offsets":[0,4000]}}'
+    + b" " * 9,
 }
 
 

@@ -11,8 +11,7 @@ from safetensors.torch import load_file, save_file
 
 import phi_models
 from phi_models import HubError, PhiModelError
-
-from .conftest import VOCAB
+from tests.phi_models.conftest import VOCAB
 
 TOL = 1e-4
 
@@ -82,10 +81,10 @@ def test_legacy_mixformer_layout_gives_same_logits(saved_hf, tmp_path):
         if key == "transformer.embd.wte.weight":
             mixformer["layers.0.wte.weight"] = value
         elif key.startswith("transformer.h."):
-            index, rest = key[len("transformer.h."):].split(".", 1)
+            index, rest = key[len("transformer.h.") :].split(".", 1)
             mixformer[f"layers.{int(index) + 1}.{rest}"] = value
         else:  # lm_head.ln.* / lm_head.linear.*
-            mixformer[f"layers.{layers + 1}." + key[len("lm_head."):]] = value
+            mixformer[f"layers.{layers + 1}." + key[len("lm_head.") :]] = value
     mix_dir = tmp_path / "mixformer"
     mix_dir.mkdir()
     save_file(mixformer, mix_dir / "model.safetensors")
@@ -151,7 +150,16 @@ def test_unknown_preset_lists_presets():
         phi_models.from_pretrained("phi-7")
     message = str(info.value)
     assert "\n" not in message
-    for name in ("tiny", "phi-1_5", "phi-1.5", "phi-2", "phi-3-mini-4k", "phi-3-mini-128k", "phi-3.5-mini", "phi-4-mini"):
+    for name in (
+        "tiny",
+        "phi-1_5",
+        "phi-1.5",
+        "phi-2",
+        "phi-3-mini-4k",
+        "phi-3-mini-128k",
+        "phi-3.5-mini",
+        "phi-4-mini",
+    ):
         assert name in message
 
 
@@ -189,7 +197,9 @@ def test_shape_mismatch_names_key_and_shapes(saved_hf):
     state = load_file(directory / "model.safetensors")
     state["model.layers.0.mlp.down_proj.weight"] = torch.zeros(64, 100)
     save_file(state, directory / "model.safetensors")
-    with pytest.raises(PhiModelError, match=r"'model.layers.0.mlp.down_proj.weight' has shape \[64, 100\].*\[64, 256\]"):
+    with pytest.raises(
+        PhiModelError, match=r"'model.layers.0.mlp.down_proj.weight' has shape \[64, 100\].*\[64, 256\]"
+    ):
         phi_models.from_pretrained(directory)
 
 

@@ -20,7 +20,9 @@ def _train_step(model, vocab):
 
 def test_inject_tutorial_targets_on_phi():
     model = phi_models.from_pretrained("tiny").train()
-    adapted = lora_core.inject(model, ["q_proj", "v_proj", "dense", "fc1", "fc2"], r=16, lora_alpha=16, lora_dropout=0.05)
+    adapted = lora_core.inject(
+        model, ["q_proj", "v_proj", "dense", "fc1", "fc2"], r=16, lora_alpha=16, lora_dropout=0.05
+    )
     layer0 = {name for name in adapted if name.startswith("model.layers.0.")}
     assert layer0 == {
         "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "model.layers.0.self_attn.dense",

@@ -25,7 +25,13 @@ def test_tiny_is_deterministic_phi2_architecture(tiny):
     for (name, a), (_, b) in zip(tiny.named_parameters(), again.named_parameters()):
         assert torch.equal(a, b), name
     c = tiny.config
-    assert (c.model_type, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.head_dim) == ("phi", 256, 4, 4, 64)
+    assert (c.model_type, c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.head_dim) == (
+        "phi",
+        256,
+        4,
+        4,
+        64,
+    )
     assert (c.intermediate_size, c.rotary_dim, c.vocab_size, c.max_position_embeddings) == (1024, 32, 2048, 2048)
     assert 3e6 < sum(p.numel() for p in tiny.parameters()) < 6e6
     assert tiny.lm_head.bias is not None

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 import phi_models
-
-from .conftest import ORIGINAL_MAX, SHAPES, VOCAB
+from tests.phi_models.conftest import ORIGINAL_MAX, SHAPES, VOCAB
 
 TOL = 1e-4  # required bound; observed differences are ~1e-6
 

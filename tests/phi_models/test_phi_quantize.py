@@ -88,7 +88,9 @@ def test_chunked_quantization_equals_bitsandbytes(quant_type, double_quant):
 
     from phi_models.quantize import quantize_4bit_chunked
 
-    weight = torch.randn(300, 136, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)  # 40800 = 637.5 blocks
+    weight = torch.randn(300, 136, generator=torch.Generator().manual_seed(1)).to(
+        torch.bfloat16
+    )  # 40800 = 637.5 blocks
     ref_packed, ref_state = bnb.functional.quantize_4bit(
         weight, blocksize=64, compress_statistics=double_quant, quant_type=quant_type
     )

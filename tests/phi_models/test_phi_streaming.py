@@ -21,8 +21,11 @@ MULTIBYTE = [
 def _tokenizer(kind: str):
     if kind == "tiny":
         return phi_models.load_tokenizer("tiny")
-    folder = {"phi-2": "01_phi2_tokenizer", "phi-3": "02a_phi3_mini_4k_instruct_2024-04",
-              "phi-3.5": "02d_phi35_mini_instruct"}[kind]
+    folder = {
+        "phi-2": "01_phi2_tokenizer",
+        "phi-3": "02a_phi3_mini_4k_instruct_2024-04",
+        "phi-3.5": "02d_phi35_mini_instruct",
+    }[kind]
     path = REALCASES / folder
     if not (path / "tokenizer.json").is_file():
         pytest.skip(f"{path} is absent (real tokenizers live in ../shared/realcases)")
@@ -88,8 +91,14 @@ def test_stop_strings_in_generate_and_text_callback():
     left, right = tok.decode(ids[:k]), tok.decode(ids[: k + 1])
     stop = left[-2:] + right[len(left) : len(left) + 2]
     got = {0: ""}
-    cut = phi_models.generate(model, prompt, max_new_tokens=24, stop_strings=[stop], tokenizer=tok,
-                              on_text=lambda row, piece: got.__setitem__(row, got[row] + piece))[0]
+    cut = phi_models.generate(
+        model,
+        prompt,
+        max_new_tokens=24,
+        stop_strings=[stop],
+        tokenizer=tok,
+        on_text=lambda row, piece: got.__setitem__(row, got[row] + piece),
+    )[0]
     assert got[0] == full[: full.index(stop)]
     assert ids[: len(cut)] == cut and stop in tok.decode(cut) and stop not in tok.decode(cut[:-1])
     assert len(cut) == k + 1
@@ -103,5 +112,10 @@ def _clean_boundary(tok, ids, k) -> bool:
     left, right = tok.decode(ids[:k]), tok.decode(ids[: k + 1])
     piece = right[len(left) :]
     stop = left[-2:] + piece[:2]
-    return (right.startswith(left) and len(left) >= 2 and len(piece) >= 2 and "\ufffd" not in stop
-            and tok.decode(ids).find(stop) == len(left) - 2)
+    return (
+        right.startswith(left)
+        and len(left) >= 2
+        and len(piece) >= 2
+        and "\ufffd" not in stop
+        and tok.decode(ids).find(stop) == len(left) - 2
+    )

@@ -4,16 +4,42 @@ from __future__ import annotations
 
 import pytest
 
-TRAIN_ARGS = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "16", "--max-seq-len", "64",
-              "--batch-size", "2", "--max-steps", "3", "--lr", "1e-2", "--device", "cpu", "--precision", "fp32",
-              "--sample-tokens", "0",
-              "--eval-every", "0", "--eval-batches", "1", "--save-every", "0", "--targets", "q_proj,v_proj,dense,fc1"]
+TRAIN_ARGS = [
+    "--model",
+    "tiny",
+    "--data",
+    "samples/roleplay",
+    "--limit",
+    "16",
+    "--max-seq-len",
+    "64",
+    "--batch-size",
+    "2",
+    "--max-steps",
+    "3",
+    "--lr",
+    "1e-2",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--sample-tokens",
+    "0",
+    "--eval-every",
+    "0",
+    "--eval-batches",
+    "1",
+    "--save-every",
+    "0",
+    "--targets",
+    "q_proj,v_proj,dense,fc1",
+]
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """The output directory of a finished 3-step LoRA run on the tiny model."""
-    from training.run import main
+    from philora.training.run import main
 
     out = tmp_path_factory.mktemp("runs") / "tiny-roleplay"
     assert main([*TRAIN_ARGS, "--output-dir", str(out)]) == 0
@@ -43,5 +69,12 @@ REPO = Path(__file__).resolve().parents[2]
 def run_cli(*args: str, stdin: str | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     """``python -m philora ARGS`` from the repo root, text in and out."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "philora", *args], cwd=REPO, input=stdin, capture_output=True,
-                          text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "philora", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )

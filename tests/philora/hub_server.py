@@ -63,8 +63,10 @@ class FakeHub:
                 match = _PREUPLOAD.match(path)
                 if match:
                     files = json.loads(body)["files"]
-                    return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular",
-                                                        "shouldIgnore": False} for f in files]})
+                    return self._reply(
+                        200,
+                        {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]},
+                    )
                 match = _COMMIT.match(path)
                 if match:
                     repo = match.group(1)
@@ -73,8 +75,14 @@ class FakeHub:
                         if item.get("key") == "file":
                             value = item["value"]
                             hub.repos.setdefault(repo, {})[value["path"]] = base64.b64decode(value["content"])
-                    return self._reply(200, {"commitUrl": f"{hub.url}/{repo}/commit/{'0' * 40}",
-                                             "commitOid": "0" * 40, "pullRequestUrl": None})
+                    return self._reply(
+                        200,
+                        {
+                            "commitUrl": f"{hub.url}/{repo}/commit/{'0' * 40}",
+                            "commitOid": "0" * 40,
+                            "pullRequestUrl": None,
+                        },
+                    )
                 return self._reply(404, {"error": f"no route {path}"})
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

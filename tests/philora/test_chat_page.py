@@ -11,12 +11,18 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (test e
 
 from philora.commands.serve import build_state  # noqa: E402
 from philora.inference import load_inference_model  # noqa: E402
-
-from .serving import LiveServer, random_adapter  # noqa: E402
+from tests.philora.serving import LiveServer, random_adapter  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (.ci/run installs Debian's chromium)")
@@ -26,10 +32,17 @@ def test_page_streams_a_reply_from_the_chosen_adapter(tmp_path):
     live = LiveServer(build_state(load_inference_model("tiny"), "tiny", adapters))
     try:
         system, question = "You are a pirate.", "Where is the treasure?"
-        expected = live.client().chat.completions.create(
-            model="pirate", temperature=0, max_tokens=256,
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
-        ).choices[0].message.content
+        expected = (
+            live.client()
+            .chat.completions.create(
+                model="pirate",
+                temperature=0,
+                max_tokens=256,
+                messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+            )
+            .choices[0]
+            .message.content
+        )
         assert expected
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
@@ -42,8 +55,14 @@ def test_page_streams_a_reply_from_the_chosen_adapter(tmp_path):
                 page.fill("#system", system)
                 page.fill("#temperature", "0")
                 chunks_seen = []
-                page.on("response", lambda r: chunks_seen.append(r.headers.get("content-type", ""))
-                        if r.url.endswith("/v1/chat/completions") else None)
+                page.on(
+                    "response",
+                    lambda r: (
+                        chunks_seen.append(r.headers.get("content-type", ""))
+                        if r.url.endswith("/v1/chat/completions")
+                        else None
+                    ),
+                )
                 page.fill("#input", question)
                 page.click("#send")
                 page.wait_for_selector(".msg.assistant[data-done='true']", timeout=60_000)

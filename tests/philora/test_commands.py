@@ -43,8 +43,12 @@ def test_help_lists_every_subcommand_and_defaults():
 
 
 def test_not_a_run_is_one_line_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "philora", "export", str(tmp_path), "--out", str(tmp_path / "o")],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "philora", "export", str(tmp_path), "--out", str(tmp_path / "o")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert f"{tmp_path}: not a run directory (no train_config.yaml)" in proc.stderr
 
@@ -55,7 +59,8 @@ def test_export_writes_peft_dir_equal_to_the_runs(tiny_run, tmp_path, capsys):
     assert config["base_model_name_or_path"] == "tiny"
     assert config["target_modules"] == ["dense", "fc1", "q_proj", "v_proj"]
     assert (tmp_path / "peft" / "adapter_model.safetensors").read_bytes() == (
-        tiny_run / "peft" / "adapter_model.safetensors").read_bytes()
+        tiny_run / "peft" / "adapter_model.safetensors"
+    ).read_bytes()
     # an existing, non-empty --out is never overwritten
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "peft")]) == 2
     assert "exists and is not an empty directory" in _one_line_error(capsys)

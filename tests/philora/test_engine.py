@@ -18,17 +18,34 @@ def tiny():
     return phi_models.from_pretrained("tiny"), phi_models.load_tokenizer("tiny")
 
 
-def _job(prompt, max_new_tokens, seed=None, params=SamplingParams()):
+def _job(prompt, max_new_tokens, seed=None, params=None):
     done = threading.Event()
-    job = Job(prompt_ids=prompt, adapter=None, params=params, max_new_tokens=max_new_tokens, stop_ids=frozenset(),
-              stop_strings=(), seed=seed, on_event=lambda kind, payload: kind == "done" and done.set())
+    job = Job(
+        prompt_ids=prompt,
+        adapter=None,
+        params=SamplingParams() if params is None else params,
+        max_new_tokens=max_new_tokens,
+        stop_ids=frozenset(),
+        stop_strings=(),
+        seed=seed,
+        on_event=lambda kind, payload: kind == "done" and done.set(),
+    )
     return job, done
 
 
 def test_staggered_joins_and_leaves_equal_generate_alone(tiny):
     model, tok = tiny
-    prompts = [tok.encode(t) for t in ["Hello there", "Once upon a time, in a land far away", "Hi", "The quick fox",
-                                       "A", "What is love? Tell me more about it"]]
+    prompts = [
+        tok.encode(t)
+        for t in [
+            "Hello there",
+            "Once upon a time, in a land far away",
+            "Hi",
+            "The quick fox",
+            "A",
+            "What is love? Tell me more about it",
+        ]
+    ]
     lengths = [9, 4, 12, 6, 10, 3]
     sampled = SamplingParams(temperature=1.0, top_p=0.9)
     engine = BatchEngine(model, tok, max_batch=3, max_queue=8).start()
@@ -78,6 +95,9 @@ def test_cache_concat_and_select_rows_match_separate_caches(tiny):
         joined.select_rows([1])  # row b alone again: the padding columns it never used are dropped
         assert joined.length == cache_b.length
         nxt = torch.tensor([[6]])
-        torch.testing.assert_close(model(nxt, attention_mask=torch.ones_like(nxt), kv_cache=joined),
-                                   model(nxt, attention_mask=torch.ones_like(nxt), kv_cache=cache_b),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            model(nxt, attention_mask=torch.ones_like(nxt), kv_cache=joined),
+            model(nxt, attention_mask=torch.ones_like(nxt), kv_cache=cache_b),
+            rtol=1e-5,
+            atol=1e-5,
+        )

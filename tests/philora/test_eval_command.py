@@ -86,15 +86,31 @@ def test_html_page_holds_every_sample_in_a_real_browser(evaluated, run_dir, tmp_
     text = page.read_text(encoding="utf-8")
     assert not re.search(r"""(src|href)=["']?(https?:|//)""", text)  # self-contained: nothing fetched
     dom = subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", page.resolve().as_uri()],
-        capture_output=True, text=True, timeout=120, check=True).stdout
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     assert f'data-ready="{len(samples)}"' in dom  # the page's script ran and counted every row
     assert f"{len(samples)} of {len(samples)} samples shown" in dom
     rows = re.findall(r'<tr class="sample" data-index="(\d+)"', dom)
     assert rows == [str(s["index"]) for s in samples]
     from html import escape
+
     for sample in samples:
         for key in ("reference", "adapter_reply", "base_reply"):
             assert escape(sample[key], quote=False) in dom
@@ -109,14 +125,17 @@ def test_report_writes_the_plot_and_summarizes(run_dir, capsys):
     assert "eval: loss" in out and "stop_share" in out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["eval", "{empty}"], "neither a run directory"),
-    (["eval", "tiny", "--data", "samples/roleplay", "--compare-base"], "--compare-base needs an adapter"),
-    (["eval", "{run}", "--split", "test"], "--split test evaluates every example of --data"),
-    (["eval", "{run}", "--limit", "0"], "--limit must be >= 1"),
-    (["eval", "tiny"], "say what to evaluate on with --data"),
-    (["report", "{empty}"], "no metrics.jsonl"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "{empty}"], "neither a run directory"),
+        (["eval", "tiny", "--data", "samples/roleplay", "--compare-base"], "--compare-base needs an adapter"),
+        (["eval", "{run}", "--split", "test"], "--split test evaluates every example of --data"),
+        (["eval", "{run}", "--limit", "0"], "--limit must be >= 1"),
+        (["eval", "tiny"], "say what to evaluate on with --data"),
+        (["report", "{empty}"], "no metrics.jsonl"),
+    ],
+)
 def test_bad_input_gets_one_line_and_exit_2(argv, message, run_dir, tmp_path, capsys):
     argv = [a.format(empty=tmp_path, run=run_dir) for a in argv]
     assert main(argv) == 2

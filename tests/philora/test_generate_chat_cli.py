@@ -10,8 +10,7 @@ import phi_models
 from philora.commands.chat import Conversation
 from philora.inference import load_inference_model
 from philora.prompting import render_prompt
-
-from .conftest import run_cli
+from tests.philora.conftest import run_cli
 
 TOKENS = 10
 
@@ -24,9 +23,15 @@ def loaded(tiny_run):
 def _reference(loaded, messages, max_new_tokens=TOKENS) -> str:
     ids = loaded.tokenizer.encode(render_prompt(loaded.template, messages, loaded.tokenizer))
     pieces = []
-    phi_models.generate(loaded.model, [ids], max_new_tokens=max_new_tokens, stop_ids=loaded.stop_ids,
-                        stop_strings=loaded.stop_strings, tokenizer=loaded.tokenizer,
-                        on_text=lambda row, text: pieces.append(text))
+    phi_models.generate(
+        loaded.model,
+        [ids],
+        max_new_tokens=max_new_tokens,
+        stop_ids=loaded.stop_ids,
+        stop_strings=loaded.stop_strings,
+        tokenizer=loaded.tokenizer,
+        on_text=lambda row, text: pieces.append(text),
+    )
     return "".join(pieces)
 
 
@@ -38,19 +43,40 @@ def test_run_loads_with_its_adapter_and_template(tiny_run, loaded):
 
 
 def test_generate_prompt_and_jsonl_batches(tiny_run, loaded, tmp_path):
-    done = run_cli("generate", str(tiny_run), "--prompt", "Tell me about the sea.", "--max-new-tokens", str(TOKENS),
-                   "--system", "You are a sailor.")
+    done = run_cli(
+        "generate",
+        str(tiny_run),
+        "--prompt",
+        "Tell me about the sea.",
+        "--max-new-tokens",
+        str(TOKENS),
+        "--system",
+        "You are a sailor.",
+    )
     assert done.returncode == 0, done.stderr
     system = {"role": "system", "content": "You are a sailor."}
     assert done.stdout == _reference(loaded, [system, {"role": "user", "content": "Tell me about the sea."}]) + "\n"
 
     prompts = ["Hello!", "What is the weather like in a storm at sea?", "Name a fish."]
-    lines = [{"prompt": prompts[0], "id": 1}, {"prompt": prompts[1]},
-             {"messages": [{"role": "user", "content": prompts[2]}]}]
+    lines = [
+        {"prompt": prompts[0], "id": 1},
+        {"prompt": prompts[1]},
+        {"messages": [{"role": "user", "content": prompts[2]}]},
+    ]
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    done = run_cli("generate", str(tiny_run), "--prompt-file", str(src), "--out", str(out), "--batch-size", "2",
-                   "--max-new-tokens", str(TOKENS))
+    done = run_cli(
+        "generate",
+        str(tiny_run),
+        "--prompt-file",
+        str(src),
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        str(TOKENS),
+    )
     assert done.returncode == 0, done.stderr
     answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert [a.get("id") for a in answers] == [1, None, None]
@@ -67,18 +93,26 @@ def test_chat_over_stdin_keeps_history_and_system(tiny_run, loaded):
     pirate = {"role": "system", "content": "You are a pirate."}
     first = _reference(loaded, [{"role": "user", "content": "Hi there"}])
     second = _reference(loaded, [pirate, {"role": "user", "content": "Who are you?"}])
-    third = _reference(loaded, [pirate, {"role": "user", "content": "Who are you?"},
-                                {"role": "assistant", "content": second},
-                                {"role": "user", "content": "Where is the ship?"}])
+    third = _reference(
+        loaded,
+        [
+            pirate,
+            {"role": "user", "content": "Who are you?"},
+            {"role": "assistant", "content": second},
+            {"role": "user", "content": "Where is the ship?"},
+        ],
+    )
     assert replies == [first, second, third, second]  # /reset keeps the persona, forgets the turns
     assert "system prompt set" in done.stderr and "conversation reset" in done.stderr
 
 
 def test_chat_drops_oldest_turns_when_context_overflows(loaded, capsys):
     system = [{"role": "system", "content": "Be brief."}]
-    full = system + [{"role": "user", "content": "one two three four five six"},
-                     {"role": "assistant", "content": "seven eight nine ten eleven twelve"},
-                     {"role": "user", "content": "thirteen fourteen"}]
+    full = system + [
+        {"role": "user", "content": "one two three four five six"},
+        {"role": "assistant", "content": "seven eight nine ten eleven twelve"},
+        {"role": "user", "content": "thirteen fourteen"},
+    ]
     longest = len(loaded.tokenizer.encode(render_prompt(loaded.template, full)))
     # Room for the last message alone, not for the whole conversation.
     chat = Conversation(loaded, "Be brief.", reply_budget=loaded.context_length - longest + 1)

@@ -17,11 +17,14 @@ MC_DOCS = [
     {"question": "What makes you happy?", "choices": ["tea leaves", "thunder"], "label": 0},
     {"question": "Farewell, friend!", "choices": ["Until we meet again.", "Good tea.", "No."], "label": 0},
 ]
-GEN_DOCS = [{"question": "<|user|>\nWhat is your motto?<|end|>\n<|assistant|>\n",
-             "answer": "Slow water makes good tea."},
-            {"question": "Greetings", "answer": "friend"}]
-ROLLING_DOCS = [{"text": "Slow water makes good tea. I have lived by those words all my life."},
-                {"text": "Greetings, friend!"}]
+GEN_DOCS = [
+    {"question": "<|user|>\nWhat is your motto?<|end|>\n<|assistant|>\n", "answer": "Slow water makes good tea."},
+    {"question": "Greetings", "answer": "friend"},
+]
+ROLLING_DOCS = [
+    {"text": "Slow water makes good tea. I have lived by those words all my life."},
+    {"text": "Greetings, friend!"},
+]
 
 
 def _write_tasks(folder) -> None:
@@ -29,21 +32,32 @@ def _write_tasks(folder) -> None:
     files = {"mc": MC_DOCS, "gen": GEN_DOCS, "rolling": ROLLING_DOCS}
     for name, docs in files.items():
         (folder / f"{name}.json").write_text(json.dumps(docs), encoding="utf-8")
-    common = (f"dataset_path: json\ndataset_kwargs:\n  cache_dir: {folder / 'hf-cache'}\n  data_files:\n"
-              "    test: {file}\ntest_split: test\n")
+    common = (
+        f"dataset_path: json\ndataset_kwargs:\n  cache_dir: {folder / 'hf-cache'}\n  data_files:\n"
+        "    test: {file}\ntest_split: test\n"
+    )
     (folder / "philora_mc.yaml").write_text(
-        "task: philora_mc\n" + common.format(file=folder / "mc.json") +
-        "output_type: multiple_choice\ndoc_to_text: \"{{question}}\"\ndoc_to_choice: \"{{choices}}\"\n"
-        "doc_to_target: \"{{label}}\"\nmetric_list:\n  - metric: acc\n", encoding="utf-8")
+        "task: philora_mc\n"
+        + common.format(file=folder / "mc.json")
+        + 'output_type: multiple_choice\ndoc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{label}}"\nmetric_list:\n  - metric: acc\n',
+        encoding="utf-8",
+    )
     (folder / "philora_gen.yaml").write_text(
-        "task: philora_gen\n" + common.format(file=folder / "gen.json") +
-        "output_type: generate_until\ndoc_to_text: \"{{question}}\"\ndoc_to_target: \"{{answer}}\"\n"
-        "generation_kwargs:\n  until: [\".\"]\n  max_gen_toks: 6\n  do_sample: false\n"
-        "metric_list:\n  - metric: exact_match\n", encoding="utf-8")
+        "task: philora_gen\n"
+        + common.format(file=folder / "gen.json")
+        + 'output_type: generate_until\ndoc_to_text: "{{question}}"\ndoc_to_target: "{{answer}}"\n'
+        'generation_kwargs:\n  until: ["."]\n  max_gen_toks: 6\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n",
+        encoding="utf-8",
+    )
     (folder / "philora_rolling.yaml").write_text(
-        "task: philora_rolling\n" + common.format(file=folder / "rolling.json") +
-        "output_type: loglikelihood_rolling\ndoc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
-        "metric_list:\n  - metric: word_perplexity\n", encoding="utf-8")
+        "task: philora_rolling\n"
+        + common.format(file=folder / "rolling.json")
+        + 'output_type: loglikelihood_rolling\ndoc_to_text: ""\ndoc_to_target: "{{text}}"\n'
+        "metric_list:\n  - metric: word_perplexity\n",
+        encoding="utf-8",
+    )
 
 
 def _samples(out_dir, task: str) -> list[dict]:
@@ -58,9 +72,26 @@ def harness_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lm-eval-tasks")
     _write_tasks(folder)
     out = folder / "out"
-    code = main(["lm-eval", "--model", "philora", "--model_args", f"pretrained={run_dir},precision=fp32",
-                 "--tasks", "philora_mc,philora_gen,philora_rolling", "--include_path", str(folder),
-                 "--batch_size", "4", "--device", "cpu", "--output_path", str(out), "--log_samples"])
+    code = main(
+        [
+            "lm-eval",
+            "--model",
+            "philora",
+            "--model_args",
+            f"pretrained={run_dir},precision=fp32",
+            "--tasks",
+            "philora_mc,philora_gen,philora_rolling",
+            "--include_path",
+            str(folder),
+            "--batch_size",
+            "4",
+            "--device",
+            "cpu",
+            "--output_path",
+            str(out),
+            "--log_samples",
+        ]
+    )
     assert code == 0
     return run_dir, out
 
@@ -91,8 +122,8 @@ def test_multiple_choice_loglikelihoods_equal_our_logits(harness_run, ours):
         for index, args in enumerate(sample["arguments"].values()):
             context, continuation = args["arg_0"], args["arg_1"]
             whole, context_ids = tok.encode(context + continuation), tok.encode(context)
-            assert whole[:len(context_ids)] == context_ids  # the split lm_eval makes for causal models
-            expected = _direct_logprob(ours, context_ids, whole[len(context_ids):])
+            assert whole[: len(context_ids)] == context_ids  # the split lm_eval makes for causal models
+            expected = _direct_logprob(ours, context_ids, whole[len(context_ids) :])
             assert float(sample["resps"][index][0][0]) == pytest.approx(expected, abs=1e-5)
             checked += 1
     assert checked == sum(len(d["choices"]) for d in MC_DOCS)
@@ -116,8 +147,9 @@ def test_generate_until_equals_our_greedy_generation_cut_at_until(harness_run, o
     assert len(samples) == len(GEN_DOCS)
     for sample in samples:
         context = sample["arguments"]["gen_args_0"]["arg_0"]
-        (new_ids,) = phi_models.generate(ours.model, [ours.tokenizer.encode(context)], max_new_tokens=6,
-                                         stop_ids=ours.tokenizer.stop_token_ids)
+        (new_ids,) = phi_models.generate(
+            ours.model, [ours.tokenizer.encode(context)], max_new_tokens=6, stop_ids=ours.tokenizer.stop_token_ids
+        )
         expected = ours.tokenizer.decode(new_ids, skip_special_tokens=True).split(".")[0]
         assert sample["resps"][0][0] == expected
 

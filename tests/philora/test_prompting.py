@@ -6,14 +6,19 @@ from pathlib import Path
 
 import pytest
 
-import data
 import phi_models
-from data.conversation import Conversation, Message
-from data.templates import render
-from philora.prompting import TEMPLATES, SINGLE_TURN_TEMPLATES, render_prompt, stop_strings_for
+from philora import data
+from philora.data.conversation import Conversation, Message
+from philora.data.templates import render
+from philora.prompting import SINGLE_TURN_TEMPLATES, TEMPLATES, render_prompt, stop_strings_for
 
-MULTI = [("system", "You are Sherlock Holmes."), ("user", "Who are you?"), ("assistant", "A consulting detective."),
-         ("user", "What is your method?"), ("assistant", "Observation, my dear fellow.")]
+MULTI = [
+    ("system", "You are Sherlock Holmes."),
+    ("user", "Who are you?"),
+    ("assistant", "A consulting detective."),
+    ("user", "What is your method?"),
+    ("assistant", "Observation, my dear fellow."),
+]
 SINGLE = [("system", "Summarise the dialogue."), ("user", "A: hi\nB: hello"), ("assistant", "They greet.")]
 
 
@@ -46,12 +51,13 @@ def test_generation_prompt_is_the_training_prefix(template, tok):
     # Tokens: the prompt's ids are the training ids up to the first position that learns the last reply.
     example = data.tokenize_segments(segments, tok, max_seq_len=512).example
     prompt_ids = tok.encode(render_prompt(template, messages[:-1], tok))
-    reply_ids = tok.encode(text)[len(prompt_ids):]
+    reply_ids = tok.encode(text)[len(prompt_ids) :]
     assert example.input_ids[: len(prompt_ids)] == prompt_ids
     assert example.targets[len(prompt_ids) - 1] == reply_ids[0]  # trained to start the reply right here
     if template in phi_models.CHAT_FORMATS:
         assert render_prompt(template, messages[:-1], tok) == phi_models.render_chat_text(
-            messages[:-1], template, add_generation_prompt=True)
+            messages[:-1], template, add_generation_prompt=True
+        )
 
 
 def test_prompt_errors(tok):
@@ -60,6 +66,8 @@ def test_prompt_errors(tok):
     with pytest.raises(data.DataError, match="template 'nope'"):
         render_prompt("nope", [{"role": "user", "content": "x"}])
     with pytest.raises(data.DataError, match="one instruction"):
-        render_prompt("alpaca", [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                                 {"role": "user", "content": "c"}])
+        render_prompt(
+            "alpaca",
+            [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+        )
     assert stop_strings_for("human_assistant") == ("### Human:",) and stop_strings_for("phi3") == ()

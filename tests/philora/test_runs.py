@@ -11,7 +11,7 @@ import yaml
 import lora_core
 import phi_models
 from philora.runs import RunError, load_for_inference, open_run
-from training.config import parse_config
+from philora.training.config import parse_config
 
 TOL = 1e-4
 INPUT = torch.tensor([[5, 17, 99, 3, 64, 8, 120, 41, 1500, 2000]])
@@ -77,8 +77,11 @@ def test_load_for_inference_same_model_every_way(tiny_run):
 
 
 def test_adapter_for_another_base_names_key_and_shapes(tmp_path):
-    other = phi_models.PhiForCausalLM(phi_models.PhiConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
-                                                           num_hidden_layers=2, num_attention_heads=4))
+    other = phi_models.PhiForCausalLM(
+        phi_models.PhiConfig(
+            vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+        )
+    )
     lora_core.inject(other, targets=["fc1"], r=4, lora_alpha=4)
     lora_core.save_adapter(other, tmp_path / "other.safetensors")
     with pytest.raises(RunError) as info:

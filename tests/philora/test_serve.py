@@ -18,11 +18,18 @@ import phi_models  # noqa: E402
 from philora.commands.serve import build_state  # noqa: E402
 from philora.inference import load_inference_model  # noqa: E402
 from philora.prompting import render_prompt  # noqa: E402
+from tests.philora.serving import LiveServer, random_adapter  # noqa: E402
 
-from .serving import LiveServer, random_adapter  # noqa: E402
-
-PROMPTS = ["Hello!", "Tell me a story about a dragon.", "What is 2 + 2?", "Name three colours.",
-           "Why is the sky blue?", "Write a haiku.", "Say something kind.", "Who are you?"]
+PROMPTS = [
+    "Hello!",
+    "Tell me a story about a dragon.",
+    "What is 2 + 2?",
+    "Name three colours.",
+    "Why is the sky blue?",
+    "Write a haiku.",
+    "Say something kind.",
+    "Who are you?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +53,9 @@ def server(adapter_files):
 
 
 def _chat(client, model, prompt, max_tokens=8, **extra):
-    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                           max_tokens=max_tokens, temperature=0, **extra)
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens, temperature=0, **extra
+    )
     return reply.choices[0].message.content, reply.usage.completion_tokens
 
 
@@ -72,8 +80,14 @@ def test_models_chat_completions_and_streaming(server, adapter_files):
     assert (text, n) == (alone.tokenizer.decode(expected), len(expected))
     assert text != _chat(client, "tiny", "Hello!")[0] != _chat(client, "b", "Hello!")[0]
 
-    stream = client.chat.completions.create(model="a", messages=[{"role": "user", "content": "Hello!"}], max_tokens=8,
-                                            temperature=0, stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="a",
+        messages=[{"role": "user", "content": "Hello!"}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
@@ -84,12 +98,17 @@ def test_models_chat_completions_and_streaming(server, adapter_files):
     assert "".join(c.choices[0].text for c in streamed) == done.choices[0].text and done.usage.completion_tokens == 6
     assert done.choices[0].finish_reason == "length" and done.usage.prompt_tokens > 0
     # stop strings cut the text before the stop string.
-    cut = client.completions.create(model="b", prompt="Once upon a time", max_tokens=6, temperature=0,
-                                    stop=[done.choices[0].text[3:6]])
+    cut = client.completions.create(
+        model="b", prompt="Once upon a time", max_tokens=6, temperature=0, stop=[done.choices[0].text[3:6]]
+    )
     assert cut.choices[0].text == done.choices[0].text[:3] and cut.choices[0].finish_reason == "stop"
     # seeded sampling is reproducible
-    seeded = [client.completions.create(model="a", prompt="Hi", max_tokens=8, temperature=1.0, top_p=0.9, seed=5)
-              .choices[0].text for _ in range(2)]
+    seeded = [
+        client.completions.create(model="a", prompt="Hi", max_tokens=8, temperature=1.0, top_p=0.9, seed=5)
+        .choices[0]
+        .text
+        for _ in range(2)
+    ]
     assert seeded[0] == seeded[1]
 
 
@@ -116,14 +135,16 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(server):
     assert err.value.status_code == 400 and err.value.body["code"] == "model_not_found"
     for bad in (dict(temperature=5), dict(top_p=0), dict(top_k=-5), dict(max_tokens=-3), dict(seed=1.5)):
         with pytest.raises(openai.BadRequestError) as err:
-            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}],
-                                           temperature=0, extra_body=bad)
+            client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "Hi"}], temperature=0, extra_body=bad
+            )
         assert err.value.status_code == 400 and err.value.body["param"] in bad, bad
     with pytest.raises(openai.BadRequestError) as err:
         _chat(client, "tiny", "word " * 3000)
     assert err.value.body["code"] == "context_length_exceeded"
-    status, body = _post(url, json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "Hi"}],
-                                          "temperature": "hot"}))
+    status, body = _post(
+        url, json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "temperature": "hot"})
+    )
     assert status == 400 and json.loads(body)["error"]["param"] == "temperature"
     status, body = _post(url, '{"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "top_p": NaN}')
     assert status == 400 and json.loads(body)["error"]["param"] == "top_p"
@@ -132,8 +153,9 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(server):
 
 def test_load_and_unload_an_adapter_at_run_time(server, tiny_run):
     client = server.client()
-    status, body = _post(server.url + "/v1/load_lora_adapter",
-                         json.dumps({"lora_name": "roleplay", "lora_path": str(tiny_run)}))
+    status, body = _post(
+        server.url + "/v1/load_lora_adapter", json.dumps({"lora_name": "roleplay", "lora_path": str(tiny_run)})
+    )
     assert status == 200 and "roleplay" in body
     assert "roleplay" in [m.id for m in client.models.list().data]
     alone = load_inference_model(str(tiny_run))
@@ -141,8 +163,10 @@ def test_load_and_unload_an_adapter_at_run_time(server, tiny_run):
     expected = phi_models.generate(alone.model, ids, max_new_tokens=8, stop_ids=alone.stop_ids)[0]
     assert _chat(client, "roleplay", "Hello!") == (alone.tokenizer.decode(expected), len(expected))
     # The same adapter from the run's PEFT directory answers the same.
-    status, body = _post(server.url + "/v1/load_lora_adapter",
-                         json.dumps({"lora_name": "roleplay-peft", "lora_path": str(tiny_run / "peft")}))
+    status, body = _post(
+        server.url + "/v1/load_lora_adapter",
+        json.dumps({"lora_name": "roleplay-peft", "lora_path": str(tiny_run / "peft")}),
+    )
     assert status == 200, body
     assert _chat(client, "roleplay-peft", "Hello!") == _chat(client, "roleplay", "Hello!")
     status, _ = _post(server.url + "/v1/load_lora_adapter", json.dumps({"lora_name": "roleplay", "lora_path": "x"}))
@@ -152,8 +176,10 @@ def test_load_and_unload_an_adapter_at_run_time(server, tiny_run):
     assert "roleplay" not in [m.id for m in client.models.list().data]
     with pytest.raises(openai.BadRequestError):
         _chat(client, "roleplay", "Hello!")
-    status, body = _post(server.url + "/v1/load_lora_adapter",
-                         json.dumps({"lora_name": "bad", "lora_path": str(tiny_run / "nothing.safetensors")}))
+    status, body = _post(
+        server.url + "/v1/load_lora_adapter",
+        json.dumps({"lora_name": "bad", "lora_path": str(tiny_run / "nothing.safetensors")}),
+    )
     assert status == 400 and "nothing.safetensors" in json.loads(body)["error"]["message"]
 
 

@@ -13,14 +13,19 @@ import pytest
 pytest.importorskip("uvicorn", reason="the serve extra (starlette, uvicorn) is not installed")
 openai = pytest.importorskip("openai", reason="the openai client (test extra) is not installed")
 
-from .conftest import REPO  # noqa: E402
+from tests.philora.conftest import REPO  # noqa: E402
 
 
 def test_serve_command_answers_and_stops(tiny_run):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "philora", "serve", str(tiny_run), "--port", "0", "--api-key", "k",
-                             "--max-tokens", "4"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "philora", "serve", str(tiny_run), "--port", "0", "--api-key", "k", "--max-tokens", "4"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         line = proc.stdout.readline()
         match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
@@ -28,8 +33,9 @@ def test_serve_command_answers_and_stops(tiny_run):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{match.group(1)}/v1", api_key="k", max_retries=0)
         # The base under its model name, the run's adapter under the run directory's name.
         assert [m.id for m in client.models.list().data] == ["tiny", tiny_run.name]
-        reply = client.chat.completions.create(model=tiny_run.name, messages=[{"role": "user", "content": "Hi"}],
-                                               temperature=0)
+        reply = client.chat.completions.create(
+            model=tiny_run.name, messages=[{"role": "user", "content": "Hi"}], temperature=0
+        )
         assert reply.usage.completion_tokens <= 4 and reply.choices[0].finish_reason in ("stop", "length")
     finally:
         proc.send_signal(signal.SIGINT)

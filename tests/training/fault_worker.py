@@ -24,10 +24,42 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-ARGS = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "8", "--max-seq-len", "48", "--batch-size", "2",
-        "--device", "cpu", "--precision", "fp32", "--sample-tokens", "0", "--eval-every", "0", "--val-fraction", "0",
-        "--log-every", "1", "--lora-r", "2", "--targets", "q_proj,v_proj", "--pad-multiple", "16",
-        "--max-steps", "3", "--save-every", "1", "--keep-last", "2"]
+ARGS = [
+    "--model",
+    "tiny",
+    "--data",
+    "samples/roleplay",
+    "--limit",
+    "8",
+    "--max-seq-len",
+    "48",
+    "--batch-size",
+    "2",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--sample-tokens",
+    "0",
+    "--eval-every",
+    "0",
+    "--val-fraction",
+    "0",
+    "--log-every",
+    "1",
+    "--lora-r",
+    "2",
+    "--targets",
+    "q_proj,v_proj",
+    "--pad-multiple",
+    "16",
+    "--max-steps",
+    "3",
+    "--save-every",
+    "1",
+    "--keep-last",
+    "2",
+]
 MAX_STEPS = 3
 
 
@@ -41,8 +73,10 @@ def fork_run(argv: list[str], log: Path) -> int:
             os.dup2(fd, 1)
             os.dup2(fd, 2)
             import torch
+
             torch.set_num_threads(1)  # a tiny model: one thread is fastest, and the same in every child
-            from training.run import main
+            from philora.training.run import main
+
             code = main(argv)
         finally:
             sys.stdout.flush()
@@ -76,7 +110,7 @@ def adapter_bits(path: Path) -> tuple[dict, bytes]:
 
     blob = path.read_bytes()
     size = struct.unpack("<Q", blob[:8])[0]
-    return json.loads(blob[8:8 + size]), blob[8 + size:]
+    return json.loads(blob[8 : 8 + size]), blob[8 + size :]
 
 
 def main() -> int:
@@ -84,8 +118,8 @@ def main() -> int:
     # Imported before any fork, so children start warm (torch's optimizer pulls in torch._dynamo).
     import torch._dynamo  # noqa: F401
 
-    import training.run  # noqa: F401
-    from training.checkpoint import ADAPTER_FILE, list_checkpoints, load_training_state
+    import philora.training.run  # noqa: F401
+    from philora.training.checkpoint import ADAPTER_FILE, list_checkpoints, load_training_state
 
     reference = workdir / "reference"
     started = time.monotonic()
@@ -123,19 +157,43 @@ def main() -> int:
         os.kill(pid, signal.SIGKILL)
         killed = wait_code(pid)
         left = [p.name for p in list_checkpoints(out)]
-        loadable = all(load_training_state(p)["step"] == int(p.name[5:]) and (p / ADAPTER_FILE).is_file()
-                       for p in list_checkpoints(out))
+        loadable = all(
+            load_training_state(p)["step"] == int(p.name[5:]) and (p / ADAPTER_FILE).is_file()
+            for p in list_checkpoints(out)
+        )
         extra = ["--resume", "latest"] if left else ["--overwrite"]
         code = wait_code(fork_run([*ARGS, "--output-dir", str(out), *extra], log))
         adapter = out / "adapter.safetensors"
         same = adapter.is_file() and adapter_bits(adapter) == expected
         ok = code == 0 and same and loadable
         failures += not ok
-        print(json.dumps({"trial": trial, "kind": kind, "kill_status": killed, "checkpoints_left": left,
-                          "loadable": loadable, "resume": " ".join(extra), "exit": code, "bit_exact": same,
-                          "ok": ok}), flush=True)
-    print(json.dumps({"summary": True, "trials": trials, "failures": failures,
-                      "reference_train_seconds": round(train_seconds, 3)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "trial": trial,
+                    "kind": kind,
+                    "kill_status": killed,
+                    "checkpoints_left": left,
+                    "loadable": loadable,
+                    "resume": " ".join(extra),
+                    "exit": code,
+                    "bit_exact": same,
+                    "ok": ok,
+                }
+            ),
+            flush=True,
+        )
+    print(
+        json.dumps(
+            {
+                "summary": True,
+                "trials": trials,
+                "failures": failures,
+                "reference_train_seconds": round(train_seconds, 3),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

@@ -4,11 +4,17 @@ import pytest
 import torch
 
 import lora_core
-from training.checkpoint import (TrainingState, list_checkpoints, load_training_state, resolve_resume,
-                                 save_checkpoint, state_from_payload)
-from training.errors import TrainingError
-from training.rng import rng_state
-from training.schedule import LRSchedule
+from philora.training.checkpoint import (
+    TrainingState,
+    list_checkpoints,
+    load_training_state,
+    resolve_resume,
+    save_checkpoint,
+    state_from_payload,
+)
+from philora.training.errors import TrainingError
+from philora.training.rng import rng_state
+from philora.training.schedule import LRSchedule
 
 
 def _parts():
@@ -24,9 +30,17 @@ def _parts():
 def test_save_prune_and_reload(tmp_path):
     model, opt, sched = _parts()
     for step in range(1, 6):
-        save_checkpoint(tmp_path, model=model, optimizer=opt, schedule=sched, scaler=None,
-                        state=TrainingState(step=step, epoch=1, batch_index=step * 2, tokens_seen=10 * step),
-                        rng=rng_state(), adapter_config={"r": 2}, keep_last=2)
+        save_checkpoint(
+            tmp_path,
+            model=model,
+            optimizer=opt,
+            schedule=sched,
+            scaler=None,
+            state=TrainingState(step=step, epoch=1, batch_index=step * 2, tokens_seen=10 * step),
+            rng=rng_state(),
+            adapter_config={"r": 2},
+            keep_last=2,
+        )
     (tmp_path / "checkpoints" / ".tmp-step-000009-1").mkdir()  # debris of a killed save is never listed
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000004", "step-000005"]
     assert resolve_resume("latest", tmp_path).name == "step-000005"
@@ -53,18 +67,26 @@ def test_resume_errors(tmp_path):
 
 
 def _save(root, model, opt, sched, step, keep_last=3, **state):
-    return save_checkpoint(root, model=model, optimizer=opt, schedule=sched, scaler=None,
-                           state=TrainingState(step=step, **state), rng=rng_state(), adapter_config={"r": 2},
-                           keep_last=keep_last)
+    return save_checkpoint(
+        root,
+        model=model,
+        optimizer=opt,
+        schedule=sched,
+        scaler=None,
+        state=TrainingState(step=step, **state),
+        rng=rng_state(),
+        adapter_config={"r": 2},
+        keep_last=keep_last,
+    )
 
 
 # A real SIGKILL in the middle of re-saving step 1: after the old step-000001 was moved aside,
 # before the new one was renamed in. Nothing may be lost.
 _KILLED_SAVE = """
 import os, signal, sys, torch, lora_core
-from training.checkpoint import TrainingState, save_checkpoint
-from training.rng import rng_state
-from training.schedule import LRSchedule
+from philora.training.checkpoint import TrainingState, save_checkpoint
+from philora.training.rng import rng_state
+from philora.training.schedule import LRSchedule
 model = torch.nn.Sequential(lora_core.Linear(8, 8, r=2, lora_alpha=4))
 lora_core.mark_only_lora_as_trainable(model)
 opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -89,8 +111,9 @@ def test_kill_between_renames_loses_nothing_and_leftovers_are_cleaned(tmp_path):
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    proc = subprocess.run([sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], cwd=repo, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_SAVE, str(tmp_path)], cwd=repo, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     root = tmp_path / "checkpoints"
     leftovers = sorted(p.name.split("-")[0] for p in root.iterdir())
@@ -111,7 +134,7 @@ def test_resave_same_step_replaces_it_and_the_next_save_cleans_debris(tmp_path, 
     assert load_training_state(root / "step-000001")["batch_index"] == 8
 
     # a save that fails at the final rename keeps the old copy in place
-    import training.checkpoint as ckpt
+    import philora.training.checkpoint as ckpt
 
     real = ckpt.os.replace
 

@@ -4,17 +4,42 @@ import json
 
 import pytest
 
-from training.config import DEMO_DEFAULTS, FIELDS, TrainConfig, build_parser, dump_config, parse_config, read_config_file
-from training.errors import TrainingError
+from philora.training.config import (
+    DEMO_DEFAULTS,
+    FIELDS,
+    TrainConfig,
+    build_parser,
+    dump_config,
+    parse_config,
+    read_config_file,
+)
+from philora.training.errors import TrainingError
 
 
 def test_every_field_has_a_documented_flag():
     help_text = build_parser().format_help()
     for name in FIELDS:
         assert "--" + name.replace("_", "-") in help_text
-    for flag in ["--output-dir", "--max-steps", "--epochs", "--batch-size", "--grad-accum", "--lr", "--precision",
-                 "--quantize", "--lora-r", "--lora-alpha", "--lora-dropout", "--targets", "--max-seq-len",
-                 "--packing", "--eval-every", "--save-every", "--resume", "--seed"]:
+    for flag in [
+        "--output-dir",
+        "--max-steps",
+        "--epochs",
+        "--batch-size",
+        "--grad-accum",
+        "--lr",
+        "--precision",
+        "--quantize",
+        "--lora-r",
+        "--lora-alpha",
+        "--lora-dropout",
+        "--targets",
+        "--max-seq-len",
+        "--packing",
+        "--eval-every",
+        "--save-every",
+        "--resume",
+        "--seed",
+    ]:
         assert flag in help_text
 
 
@@ -73,11 +98,14 @@ def test_model_required_outside_demo():
         parse_config(["--data", "roleplay"])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--grad-accum", "0"], "--grad-accum must be >= 1"),
-    (["--lora-dropout", "1.5"], "--lora-dropout must be in"),
-    (["--lr", "-1"], "--lr must be > 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--grad-accum", "0"], "--grad-accum must be >= 1"),
+        (["--lora-dropout", "1.5"], "--lora-dropout must be in"),
+        (["--lr", "-1"], "--lr must be > 0"),
+    ],
+)
 def test_range_errors(argv, message):
     with pytest.raises(TrainingError, match=message):
         parse_config(["--demo", *argv])

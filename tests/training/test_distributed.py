@@ -16,22 +16,60 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from training.checkpoint import list_checkpoints, load_training_state
-from training.distributed import Distributed, open_distributed
-from training.errors import TrainingError
-from training.run import main
+from philora.training.checkpoint import list_checkpoints, load_training_state
+from philora.training.distributed import Distributed, open_distributed
+from philora.training.errors import TrainingError
+from philora.training.run import main
 
 REPO = Path(__file__).resolve().parents[2]
 # fp32 and no dropout: then 2 processes can equal 1 (dropout masks are drawn per rank).
-ARGS = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "32", "--max-seq-len", "96", "--batch-size", "2",
-        "--device", "cpu", "--precision", "fp32", "--sample-tokens", "0", "--log-every", "1", "--eval-every", "0",
-        "--eval-batches", "2", "--lora-dropout", "0", "--lr", "1e-3", "--dist-timeout", "30"]
+ARGS = [
+    "--model",
+    "tiny",
+    "--data",
+    "samples/roleplay",
+    "--limit",
+    "32",
+    "--max-seq-len",
+    "96",
+    "--batch-size",
+    "2",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--sample-tokens",
+    "0",
+    "--log-every",
+    "1",
+    "--eval-every",
+    "0",
+    "--eval-batches",
+    "2",
+    "--lora-dropout",
+    "0",
+    "--lr",
+    "1e-3",
+    "--dist-timeout",
+    "30",
+]
 TOLERANCE = 1e-5
 
 
 def _torchrun(out: Path, *extra, popen: bool = False):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(REPO / "train.py"), *ARGS, "--output-dir", str(out), *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(REPO / "train.py"),
+        *ARGS,
+        "--output-dir",
+        str(out),
+        *extra,
+    ]
     if popen:
         return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
@@ -71,11 +109,19 @@ def _fsdp2_available() -> bool:
     return torch.distributed.is_gloo_available()
 
 
-@pytest.mark.parametrize("mode, accum", [
-    ("ddp", 2),
-    pytest.param("fsdp", 1, marks=pytest.mark.skipif(not _fsdp2_available(),
-                                                      reason="this PyTorch has no FSDP2 (fully_shard) or no gloo")),
-])
+@pytest.mark.parametrize(
+    "mode, accum",
+    [
+        ("ddp", 2),
+        pytest.param(
+            "fsdp",
+            1,
+            marks=pytest.mark.skipif(
+                not _fsdp2_available(), reason="this PyTorch has no FSDP2 (fully_shard) or no gloo"
+            ),
+        ),
+    ],
+)
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, capsys, mode, accum):
     steps = ["--max-steps", "3", "--save-every", "2"]
     single = tmp_path / "single"
@@ -90,11 +136,15 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, capsys, mo
     assert f"2 processes ({'FSDP2' if mode == 'fsdp' else 'DDP'}, gloo)" in result.stdout
     # The checkpoint holds whole (gathered) tensors, the single-process layout, plus every rank's RNG.
     mine, theirs = (load_training_state(list_checkpoints(d)[-1]) for d in (out, single))
-    moments = max((mine["optimizer"]["state"][i]["exp_avg"] - theirs["optimizer"]["state"][i]["exp_avg"]).abs().max().item()
-                  for i in theirs["optimizer"]["state"])
+    moments = max(
+        (mine["optimizer"]["state"][i]["exp_avg"] - theirs["optimizer"]["state"][i]["exp_avg"]).abs().max().item()
+        for i in theirs["optimizer"]["state"]
+    )
     assert moments <= TOLERANCE
     assert mine["extra"]["distributed"]["world_size"] == 2 and len(mine["extra"]["distributed"]["rank_rng"]) == 2
-    losses = [[r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())] for d in (out, single)]
+    losses = [
+        [r["loss"] for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines())] for d in (out, single)
+    ]
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)  # the logged loss is the all-rank mean
 
 
@@ -138,10 +188,29 @@ def _free_port() -> int:
 def test_sigkill_of_one_rank_makes_the_other_exit_within_the_timeout_with_one_line(tmp_path, capsys):
     out, timeout_s = tmp_path / "run", 20
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2", OMP_NUM_THREADS="1")
-    ranks = [subprocess.Popen([sys.executable, str(REPO / "train.py"), *ARGS, "--output-dir", str(out), "--max-steps",
-                               "400", "--save-every", "2", "--dist-timeout", str(timeout_s)],
-                              cwd=REPO, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    ranks = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "train.py"),
+                *ARGS,
+                "--output-dir",
+                str(out),
+                "--max-steps",
+                "400",
+                "--save-every",
+                "2",
+                "--dist-timeout",
+                str(timeout_s),
+            ],
+            cwd=REPO,
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
     _wait_for(lambda: len(list_checkpoints(out)) >= 1 and _last_step(out) >= 3, ranks)
     ranks[1].kill()
     killed_at = time.monotonic()
@@ -153,8 +222,10 @@ def test_sigkill_of_one_rank_makes_the_other_exit_within_the_timeout_with_one_li
     assert len(lines) == 1 and lines[0].startswith("error: rank 0: lost the other training processes"), stderr[-3000:]
     # The run continues from its last complete checkpoint (here on one process, the same global batch).
     last = load_training_state(list_checkpoints(out)[-1])["step"]
-    assert main([*ARGS, "--output-dir", str(out), "--max-steps", str(last + 2), "--grad-accum", "2",
-                 "--resume", "latest"]) == 0
+    assert (
+        main([*ARGS, "--output-dir", str(out), "--max-steps", str(last + 2), "--grad-accum", "2", "--resume", "latest"])
+        == 0
+    )
     assert load_training_state(list_checkpoints(out)[-1])["step"] == last + 2
 
 
@@ -166,7 +237,9 @@ def test_refusals_before_any_process_group(tmp_path, capsys, monkeypatch):
     assert "--dist-timeout must be > 0" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    cfg = __import__("training.config", fromlist=["parse_config"]).parse_config([*base, "--fsdp", "--quantize", "nf4"])
+    cfg = __import__("philora.training.config", fromlist=["parse_config"]).parse_config(
+        [*base, "--fsdp", "--quantize", "nf4"]
+    )
     with pytest.raises(TrainingError, match="FSDP2 cannot shard bitsandbytes 4-bit weights"):
         with open_distributed(cfg):
             pass
@@ -174,8 +247,12 @@ def test_refusals_before_any_process_group(tmp_path, capsys, monkeypatch):
 
 
 def test_resume_view_keeps_the_global_batch():
-    payload = {"run_config": {"grad_accum": 1, "batch_size": 2}, "batch_index": 3, "epoch": 0,
-               "extra": {"distributed": {"world_size": 2}}}
+    payload = {
+        "run_config": {"grad_accum": 1, "batch_size": 2},
+        "batch_index": 3,
+        "epoch": 0,
+        "extra": {"distributed": {"world_size": 2}},
+    }
     one = Distributed()  # a single process
     stored, current = one.resume_view(payload, {"grad_accum": 2, "batch_size": 2})
     assert "grad_accum" not in stored and "grad_accum" not in current and stored["batch_size"] == 2

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import lora_core
-from training.checkpoint import list_checkpoints, load_training_state
-from training.run import main
+from philora.training.checkpoint import list_checkpoints, load_training_state
+from philora.training.run import main
 
 REPO = Path(__file__).resolve().parents[2]
 TRIALS = 20
@@ -24,9 +24,14 @@ SEED = 9
 
 
 def test_sigkill_at_random_points_then_resume_is_bit_exact(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "tests" / "training" / "fault_worker.py"), str(tmp_path),
-                           str(TRIALS), str(SEED)], cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "training" / "fault_worker.py"), str(tmp_path), str(TRIALS), str(SEED)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     trials, summary = records[:-1], records[-1]
@@ -35,9 +40,36 @@ def test_sigkill_at_random_points_then_resume_is_bit_exact(tmp_path):
     assert any(t["resume"] == "--resume latest" for t in trials)  # kills landed after checkpoints too
 
 
-ARGS = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "12", "--max-seq-len", "48", "--batch-size", "2",
-        "--device", "cpu", "--precision", "fp32", "--sample-tokens", "0", "--eval-every", "0", "--val-fraction", "0",
-        "--log-every", "100000", "--lora-r", "2", "--targets", "q_proj,v_proj", "--pad-multiple", "16"]
+ARGS = [
+    "--model",
+    "tiny",
+    "--data",
+    "samples/roleplay",
+    "--limit",
+    "12",
+    "--max-seq-len",
+    "48",
+    "--batch-size",
+    "2",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--sample-tokens",
+    "0",
+    "--eval-every",
+    "0",
+    "--val-fraction",
+    "0",
+    "--log-every",
+    "100000",
+    "--lora-r",
+    "2",
+    "--targets",
+    "q_proj,v_proj",
+    "--pad-multiple",
+    "16",
+]
 
 
 @pytest.fixture
@@ -80,9 +112,25 @@ def _fill(folder: Path) -> Path:
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_disk, capsys):
     out = small_disk / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "philora", "train", *ARGS, "--output-dir", str(out),
-                             "--max-steps", "100000", "--save-every", "3"], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "philora",
+            "train",
+            *ARGS,
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "100000",
+            "--save-every",
+            "3",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while not list_checkpoints(out):
@@ -104,6 +152,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(small_disk, capsys
     # Space freed: the run continues from the kept checkpoint.
     filler.unlink()
     import phi_models
+
     model = phi_models.from_pretrained("tiny")
     lora_core.inject(model, targets=["q_proj", "v_proj"], r=2)
     lora_core.load_adapter(model, kept[-1] / "adapter.safetensors", strict=True)

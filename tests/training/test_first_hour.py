@@ -11,22 +11,42 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import data
 import phi_models
-from training.checkpoint import list_checkpoints
-from training.config import read_config_file
-from training.guidance import did_you_mean, empty_reply_note, session_summary, small_data_note
-from training.run import main, sample_prompt_for
-from training.schedule import LRSchedule
+from philora import data
+from philora.training.checkpoint import list_checkpoints
+from philora.training.config import read_config_file
+from philora.training.guidance import did_you_mean, empty_reply_note, session_summary, small_data_note
+from philora.training.run import main, sample_prompt_for
+from philora.training.schedule import LRSchedule
 
 REPO = Path(__file__).resolve().parents[2]
-BASE = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "16", "--max-seq-len", "64",
-        "--batch-size", "4", "--device", "cpu", "--sample-tokens", "0", "--precision", "fp32",
-        "--eval-every", "0", "--log-every", "1"]
+BASE = [
+    "--model",
+    "tiny",
+    "--data",
+    "samples/roleplay",
+    "--limit",
+    "16",
+    "--max-seq-len",
+    "64",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--sample-tokens",
+    "0",
+    "--precision",
+    "fp32",
+    "--eval-every",
+    "0",
+    "--log-every",
+    "1",
+]
 
 
 def _lrs(out: Path) -> dict[int, float]:
     import json
+
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["lr"] for r in rows if r["kind"] == "train"}
 
@@ -45,7 +65,7 @@ def test_unknown_flag_is_one_line_with_a_suggestion(capsys):
 
 
 def test_any_parser_error_is_one_line_listing_the_choices(capsys):
-    from training.guidance import OneLineArgumentParser
+    from philora.training.guidance import OneLineArgumentParser
 
     parser = OneLineArgumentParser(prog="philora x")
     parser.add_argument("--mode", choices=["greedy", "sample"], default="greedy")
@@ -56,7 +76,7 @@ def test_any_parser_error_is_one_line_listing_the_choices(capsys):
 
 
 def test_unknown_config_key_gets_a_suggestion(tmp_path):
-    from training.errors import TrainingError
+    from philora.training.errors import TrainingError
 
     path = tmp_path / "run.yaml"
     path.write_text("lora_rank: 8\n")
@@ -67,10 +87,22 @@ def test_unknown_config_key_gets_a_suggestion(tmp_path):
 
 def test_python_m_training_run_behaves_like_train_py():
     for argv in (["--lr-rate", "1"], ["--help"]):
-        ours = subprocess.run([sys.executable, "-m", "training.run", *argv], cwd=REPO, capture_output=True, text=True,
-                              env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
-        script = subprocess.run([sys.executable, "train.py", *argv], cwd=REPO, capture_output=True, text=True,
-                                env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}, timeout=120)
+        ours = subprocess.run(
+            [sys.executable, "-m", "philora.training.run", *argv],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+            timeout=120,
+        )
+        script = subprocess.run(
+            [sys.executable, "train.py", *argv],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+            timeout=120,
+        )
         assert ours.returncode == script.returncode and ours.stdout == script.stdout
         assert ours.stderr == script.stderr
 
@@ -80,7 +112,7 @@ def test_extended_schedule_follows_the_stretched_curve():
     old = LRSchedule(torch.optim.SGD([param], lr=1.0), kind="cosine", peak_lr=1.0, total_steps=10, warmup_steps=2)
     for _ in range(10):
         old.step()
-    assert old.get_last_lr() == 0.0   # the old schedule is spent
+    assert old.get_last_lr() == 0.0  # the old schedule is spent
     note = old.extend_to(20)
     fresh = LRSchedule(torch.optim.SGD([param], lr=1.0), kind="cosine", peak_lr=1.0, total_steps=20, warmup_steps=2)
     assert [old.lr_at(s) for s in range(10, 20)] == [fresh.lr_at(s) for s in range(10, 20)]
@@ -91,8 +123,24 @@ def test_extended_schedule_follows_the_stretched_curve():
 def test_resume_with_more_steps_never_trains_at_lr_zero(tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*BASE, "--output-dir", str(out), "--max-steps", "4", "--save-every", "4", "--warmup", "1"]) == 0
-    assert main([*BASE, "--output-dir", str(out), "--max-steps", "8", "--save-every", "4", "--warmup", "1",
-                 "--resume", "latest"]) == 0
+    assert (
+        main(
+            [
+                *BASE,
+                "--output-dir",
+                str(out),
+                "--max-steps",
+                "8",
+                "--save-every",
+                "4",
+                "--warmup",
+                "1",
+                "--resume",
+                "latest",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     lrs = _lrs(out)
     assert sorted(lrs) == list(range(1, 9)) and all(lrs[s] > 0 for s in range(5, 9))
@@ -103,7 +151,7 @@ def test_resume_with_more_steps_never_trains_at_lr_zero(tmp_path, capsys):
 def test_run_killed_before_its_first_save_is_recovered_with_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "train_config.yaml").write_text("model: tiny\n")   # what a SIGKILL before the first save leaves
+    (out / "train_config.yaml").write_text("model: tiny\n")  # what a SIGKILL before the first save leaves
     (out / "metrics.jsonl").write_text("")
     assert main([*BASE, "--output-dir", str(out)]) == 2
     first = capsys.readouterr().err

@@ -6,11 +6,17 @@ import pytest
 import torch
 
 import phi_models
-from data import IGNORE_INDEX, Example
-from training.gen_eval import (GenerationCase, Reply, case_from_example, generate_replies, generation_cases,
-                               score_replies)
-from training.gen_metrics import exact_match, mean_rouge, rouge_per_pair
-from training.precision import Precision
+from philora.data import IGNORE_INDEX, Example
+from philora.training.gen_eval import (
+    GenerationCase,
+    Reply,
+    case_from_example,
+    generate_replies,
+    generation_cases,
+    score_replies,
+)
+from philora.training.gen_metrics import exact_match, mean_rouge, rouge_per_pair
+from philora.training.precision import Precision
 
 rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer", reason="rouge-score is in the eval/test extras")
 
@@ -61,8 +67,10 @@ def _example(segments: list[tuple[list[int], bool]], eos_run: bool) -> Example:
 
 
 def test_case_is_the_last_reply_and_everything_before_it():
-    example = _example([([10, 11, 12], False), ([20, 21, 4], True), ([13, 14], False), ([30, 31, 32, 4], True),
-                        ([203], False)], eos_run=True)
+    example = _example(
+        [([10, 11, 12], False), ([20, 21, 4], True), ([13, 14], False), ([30, 31, 32, 4], True), ([203], False)],
+        eos_run=True,
+    )
     case = case_from_example(example, stop_ids=[0, 4])
     assert case.reference_ids == [30, 31, 32, 4]  # not the lone EOS run after it
     assert case.prompt_ids == [10, 11, 12, 20, 21, 4, 13, 14]
@@ -85,8 +93,9 @@ def test_generate_replies_detects_stops_like_plain_greedy_decoding():
     # each prompt alone, no stop ids (phi_models' tests check this against uncached decoding)
     free = [phi_models.generate(model, p, max_new_tokens=6)[0] for p in prompts]
     stops = {free[0][2], free[1][0]}  # the 3rd token of prompt 0's reply, the 1st of prompt 1's
-    replies = generate_replies(model, prompts, max_new_tokens=6, stop_ids=sorted(stops), pad_id=0, batch_size=3,
-                               precision=CPU_FP32)
+    replies = generate_replies(
+        model, prompts, max_new_tokens=6, stop_ids=sorted(stops), pad_id=0, batch_size=3, precision=CPU_FP32
+    )
     assert [(r.ids, r.stopped) for r in replies] == [_cut_at_stop(f, stops) for f in free]
     assert replies[0].stopped and len(replies[0].ids) <= 2 and replies[1] == Reply(ids=[], stopped=True)
     assert any(not r.stopped and len(r.ids) == 6 for r in replies)
@@ -95,10 +104,14 @@ def test_generate_replies_detects_stops_like_plain_greedy_decoding():
 def test_scores_and_stop_share():
     tok = phi_models.load_tokenizer("tiny")
     texts = ["Slow water makes good tea.", "I am Master Chen.", "Goodbye, friend."]
-    cases = [GenerationCase(prompt_ids=tok.encode("Q"), reference_ids=tok.encode(t) + [tok.eos_token_id])
-             for t in texts]
-    replies = [Reply(ids=tok.encode(texts[0]), stopped=True), Reply(ids=tok.encode("I am Chen."), stopped=False),
-               Reply(ids=tok.encode("Hello there, friend and more"), stopped=True)]
+    cases = [
+        GenerationCase(prompt_ids=tok.encode("Q"), reference_ids=tok.encode(t) + [tok.eos_token_id]) for t in texts
+    ]
+    replies = [
+        Reply(ids=tok.encode(texts[0]), stopped=True),
+        Reply(ids=tok.encode("I am Chen."), stopped=False),
+        Reply(ids=tok.encode("Hello there, friend and more"), stopped=True),
+    ]
     result = score_replies(cases, replies, tok)
     m = result.metrics
     assert m["examples"] == 3 and m["stop_share"] == pytest.approx(2 / 3) and m["exact_match"] == pytest.approx(1 / 3)
@@ -107,14 +120,17 @@ def test_scores_and_stop_share():
     assert m["rougeL"] == pytest.approx(sum(s["rougeL"] for s in result.samples) / 3)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--eval-generate", "-1"], "--eval-generate must be >= 0"),
-    (["--eval-generate-tokens", "0"], "--eval-generate-tokens must be >= 1"),
-    (["--eval-generate", "4", "--train-on-prompt"], "--eval-generate needs masked prompts"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--eval-generate", "-1"], "--eval-generate must be >= 0"),
+        (["--eval-generate-tokens", "0"], "--eval-generate-tokens must be >= 1"),
+        (["--eval-generate", "4", "--train-on-prompt"], "--eval-generate needs masked prompts"),
+    ],
+)
 def test_eval_generate_options_are_checked(extra, message):
-    from training.config import parse_config
-    from training.errors import TrainingError
+    from philora.training.config import parse_config
+    from philora.training.errors import TrainingError
 
     with pytest.raises(TrainingError, match=message):
         parse_config(["--model", "tiny", "--data", "samples/roleplay", *extra])

@@ -3,8 +3,6 @@ updates that make the weights non-finite, out-of-range and oversized options, ho
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
@@ -12,17 +10,43 @@ from pathlib import Path
 
 import pytest
 
-import lora_core
-from training.checkpoint import list_checkpoints, load_training_state
-from training.config import parse_config
-from training.errors import TrainingError
-from training.rundir import LOCK_FILE, MARKER_FILE
-from training.run import main
+from philora.training.checkpoint import list_checkpoints, load_training_state
+from philora.training.config import parse_config
+from philora.training.errors import TrainingError
+from philora.training.run import main
+from philora.training.rundir import LOCK_FILE, MARKER_FILE
 
 REPO = Path(__file__).resolve().parents[2]
-ARGS = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "12", "--max-seq-len", "48", "--batch-size", "2",
-        "--device", "cpu", "--precision", "fp32", "--sample-tokens", "0", "--eval-every", "0", "--val-fraction", "0",
-        "--log-every", "1", "--lora-r", "2", "--targets", "q_proj,v_proj", "--pad-multiple", "16"]
+ARGS = [
+    "--model",
+    "tiny",
+    "--data",
+    "samples/roleplay",
+    "--limit",
+    "12",
+    "--max-seq-len",
+    "48",
+    "--batch-size",
+    "2",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--sample-tokens",
+    "0",
+    "--eval-every",
+    "0",
+    "--val-fraction",
+    "0",
+    "--log-every",
+    "1",
+    "--lora-r",
+    "2",
+    "--targets",
+    "q_proj,v_proj",
+    "--pad-multiple",
+    "16",
+]
 
 
 def _error_line(capsys) -> str:
@@ -33,9 +57,25 @@ def _error_line(capsys) -> str:
 
 def test_second_run_on_a_directory_in_use_is_refused_naming_the_holder_then_resumes_after_sigkill(tmp_path, capsys):
     out = tmp_path / "run"
-    first = subprocess.Popen([sys.executable, "-m", "philora", "train", *ARGS, "--output-dir", str(out),
-                              "--max-steps", "100000", "--save-every", "2"], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "philora",
+            "train",
+            *ARGS,
+            "--output-dir",
+            str(out),
+            "--max-steps",
+            "100000",
+            "--save-every",
+            "2",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 180
         while not list_checkpoints(out):
@@ -85,8 +125,9 @@ def test_overwrite_removes_only_what_philora_wrote(tmp_path):
     assert (out / "mine.txt").read_text() == "mine too"
 
 
-@pytest.mark.parametrize("extra", [["--max-steps", "1"], ["--max-steps", "3", "--save-every", "1"]],
-                         ids=["final-adapter", "checkpoints"])
+@pytest.mark.parametrize(
+    "extra", [["--max-steps", "1"], ["--max-steps", "3", "--save-every", "1"]], ids=["final-adapter", "checkpoints"]
+)
 def test_update_that_makes_weights_non_finite_stops_before_saving(tmp_path, capsys, extra):
     # lr 1e308: the first Adam update is ~1e308 per weight, inf in fp32; before the check, step-1 was
     # checkpointed (and --max-steps 1 saved the adapter and exited 0) with inf weights.
@@ -104,6 +145,7 @@ def test_resume_refuses_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
     assert main([*ARGS, "--output-dir", str(out), "--max-steps", "1", "--save-every", "1"]) == 0
     (checkpoint,) = list_checkpoints(out)
     from safetensors.torch import load_file, save_file
+
     tensors = load_file(checkpoint / "adapter.safetensors")
     name = sorted(tensors)[0]
     tensors[name][0, 0] = float("nan")
@@ -141,11 +183,15 @@ def test_out_of_range_options_are_one_line_errors_before_any_work(tmp_path, caps
     assert not out.exists()  # refused while parsing: nothing was created
 
 
-@pytest.mark.parametrize("extra, words", [
-    (["--max-seq-len", "4096"], "longer than the model's 2048 positions"),
-    (["--sample-tokens", "5000"], "--sample-tokens 5000 does not fit"),
-    (["--lora-r", "300"], "larger than the model's hidden size 256"),
-], ids=["max-seq-len-above-positions", "sample-tokens-above-positions", "lora-r-above-width"])
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["--max-seq-len", "4096"], "longer than the model's 2048 positions"),
+        (["--sample-tokens", "5000"], "--sample-tokens 5000 does not fit"),
+        (["--lora-r", "300"], "larger than the model's hidden size 256"),
+    ],
+    ids=["max-seq-len-above-positions", "sample-tokens-above-positions", "lora-r-above-width"],
+)
 def test_options_checked_against_the_model_before_training(tmp_path, capsys, extra, words):
     out = tmp_path / "run"
     capsys.readouterr()
@@ -168,17 +214,22 @@ def _config(tmp_path, name: str, content: bytes) -> str:
     return str(path)
 
 
-ALIAS_BOMB = b"a: &a [x, x, x, x, x, x, x, x, x]\n" + b"".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
-    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n".encode()
-    for i in range(8)) + b"lora_r: *i\n"
+ALIAS_BOMB = (
+    b"a: &a [x, x, x, x, x, x, x, x, x]\n"
+    + b"".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+        f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n".encode()
+        for i in range(8)
+    )
+    + b"lora_r: *i\n"
+)
 
 CONFIG_FILES = {
     "yaml-alias-bomb": ("c.yaml", ALIAS_BOMB, "alias bomb"),
     "yaml-deep-nesting": ("c.yaml", b"lora_r: " + b"[" * 50_000 + b"]" * 50_000 + b"\n", "c.yaml"),
     "yaml-duplicate-key": ("c.yaml", b"lora_r: 8\nlr: 0.1\nlora_r: 64\n", "appears twice"),
     "yaml-two-spellings": ("c.yaml", b"lora_r: 8\nlora-r: 64\n", "given twice"),
-    "yaml-not-utf8": ("c.yaml", b"lora_r: 8\nsample_prompt: \"\xff\xfe\"\n", "UTF-8"),
+    "yaml-not-utf8": ("c.yaml", b'lora_r: 8\nsample_prompt: "\xff\xfe"\n', "UTF-8"),
     "yaml-huge-integer": ("c.yaml", b"lora_r: " + b"9" * 5000 + b"\n", "c.yaml"),
     "yaml-list-value": ("c.yaml", b"lora_r: [1, 2]\n", "--lora-r"),
     "yaml-not-a-mapping": ("c.yaml", b"- 1\n- 2\n", "mapping"),

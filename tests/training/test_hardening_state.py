@@ -12,15 +12,42 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import STATE_FILE, list_checkpoints, load_training_state
-from training.errors import TrainingError
-from training.run import main
-from training.validate_state import check_against_run, check_payload
+from philora.training.checkpoint import STATE_FILE, list_checkpoints, load_training_state
+from philora.training.errors import TrainingError
+from philora.training.run import main
+from philora.training.validate_state import check_against_run, check_payload
 
 REPO = Path(__file__).resolve().parents[2]
-ARGS = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "12", "--max-seq-len", "48", "--batch-size", "2",
-        "--device", "cpu", "--precision", "fp32", "--sample-tokens", "0", "--eval-every", "0", "--val-fraction", "0",
-        "--log-every", "1", "--lora-r", "2", "--targets", "q_proj,v_proj", "--pad-multiple", "16"]
+ARGS = [
+    "--model",
+    "tiny",
+    "--data",
+    "samples/roleplay",
+    "--limit",
+    "12",
+    "--max-seq-len",
+    "48",
+    "--batch-size",
+    "2",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--sample-tokens",
+    "0",
+    "--eval-every",
+    "0",
+    "--val-fraction",
+    "0",
+    "--log-every",
+    "1",
+    "--lora-r",
+    "2",
+    "--targets",
+    "q_proj,v_proj",
+    "--pad-multiple",
+    "16",
+]
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +99,9 @@ def test_wrong_shaped_moments_crash_fused_adamw_but_resume_refuses_them(tmp_path
     shape = [str(n) for n in payload["optimizer"]["state"][0]["exp_avg"].shape]
     shrink(payload)
     torch.save(payload, crafted)
-    raw = subprocess.run([sys.executable, "-c", _RAW_TORCH, str(crafted), *shape], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    raw = subprocess.run(
+        [sys.executable, "-c", _RAW_TORCH, str(crafted), *shape], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert raw.returncode < 0 or "accepted (2,)" in raw.stdout, (raw.returncode, raw.stdout, raw.stderr[-500:])
 
     # Then philora: refused before the optimizer sees it.
@@ -88,7 +116,7 @@ def run_parts(trained):
     """The run's own optimizer (same LoRA parameters as the checkpoint) and a valid payload."""
     import lora_core
     import phi_models
-    from training.optim import build_optimizer
+    from philora.training.optim import build_optimizer
 
     model = phi_models.from_pretrained("tiny")
     lora_core.inject(model, targets=["q_proj", "v_proj"], r=2, lora_alpha=16.0, lora_dropout=0.05)
@@ -104,6 +132,7 @@ def _set(path: str, value):
         for key in parents:
             node = node[key]
         node[last] = value
+
     return mutate
 
 
@@ -122,20 +151,29 @@ STATES = {
     "optimizer-missing": (_del("optimizer"), "field optimizer"),
     "optimizer-state-not-a-dict": (_set("optimizer/state", [1, 2]), "field optimizer.state"),
     "moments-nan": (lambda p: p["optimizer"]["state"][0]["exp_avg"].fill_(float("nan")), "NaN"),
-    "moments-float64": (lambda p: p["optimizer"]["state"][0].update(
-        exp_avg_sq=p["optimizer"]["state"][0]["exp_avg_sq"].double()), "torch.float64"),
+    "moments-float64": (
+        lambda p: p["optimizer"]["state"][0].update(exp_avg_sq=p["optimizer"]["state"][0]["exp_avg_sq"].double()),
+        "torch.float64",
+    ),
     "moments-missing": (lambda p: p["optimizer"]["state"][0].pop("exp_avg_sq"), "fields"),
     "adam-step-negative": (lambda p: p["optimizer"]["state"][0]["step"].fill_(-5), "negative"),
     "unknown-parameter": (lambda p: p["optimizer"]["state"].update({99: p["optimizer"]["state"][0]}), "99"),
-    "two-param-groups": (lambda p: p["optimizer"]["param_groups"].append(p["optimizer"]["param_groups"][0]),
-                         "param_groups"),
+    "two-param-groups": (
+        lambda p: p["optimizer"]["param_groups"].append(p["optimizer"]["param_groups"][0]),
+        "param_groups",
+    ),
     "eps-zero-in-group": (lambda p: p["optimizer"]["param_groups"][0].update(eps=0.0), ".eps"),
     "group-params-other": (lambda p: p["optimizer"]["param_groups"][0].update(params=[0]), ".params"),
     "schedule-kind": (_set("schedule/kind", "bogus"), "schedule.kind"),
     "schedule-step-mismatch": (_set("schedule/last_step", 7), "schedule.last_step"),
     "schedule-total-zero": (_set("schedule/total_steps", 0), "schedule.total_steps"),
-    "scaler-scale-zero": (_set("scaler", {"scale": 0.0, "growth_factor": 2.0, "backoff_factor": 0.5,
-                                          "growth_interval": 2000, "_growth_tracker": 0}), "scaler.scale"),
+    "scaler-scale-zero": (
+        _set(
+            "scaler",
+            {"scale": 0.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000, "_growth_tracker": 0},
+        ),
+        "scaler.scale",
+    ),
     "rng-torch-short": (_set("rng/torch", torch.zeros(10, dtype=torch.uint8)), "rng.torch"),
     "rng-torch-int64": (lambda p: p["rng"].update(torch=p["rng"]["torch"].long()), "rng.torch"),
     "rng-python-short": (lambda p: p["rng"].update(python=(3, (1, 2, 3), None)), "rng.python"),
@@ -209,8 +247,13 @@ def test_malformed_metrics_lines_are_dropped_on_resume(tmp_path, trained, capsys
     shutil.copytree(trained, out)
     metrics = out / "metrics.jsonl"
     good = metrics.read_bytes()
-    metrics.write_bytes(good + b'\xff\xfe{"step": 1}\n[1, 2]\n{"step": "x"}\n' + b"[" * 50_000 + b"\n"
-                        + b'{"kind": "train", "step": 99}\n')
+    metrics.write_bytes(
+        good
+        + b'\xff\xfe{"step": 1}\n[1, 2]\n{"step": "x"}\n'
+        + b"[" * 50_000
+        + b"\n"
+        + b'{"kind": "train", "step": 99}\n'
+    )
     capsys.readouterr()
     assert main([*ARGS, "--output-dir", str(out), "--max-steps", "3", "--resume", "latest"]) == 0
     records = [json.loads(line) for line in metrics.read_text().splitlines()]

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.loop import accumulate_window, evaluate, optimizer_step
-from training.precision import Precision, resolve_precision
-from training.errors import TrainingError
+from philora.training.errors import TrainingError
+from philora.training.loop import accumulate_window, evaluate, optimizer_step
+from philora.training.precision import Precision, resolve_precision
 
 V, D = 40, 12
 
@@ -105,8 +105,11 @@ def test_grad_norm_is_reported_before_clipping():
     orig_step = opt.step
 
     def spy():
-        captured["norm"] = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params])).item()
+        captured["norm"] = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in params])
+        ).item()
         orig_step()
+
     opt.step = spy
     norm = optimizer_step(params, opt, None, max_grad_norm=expected / 10)
     assert norm == pytest.approx(expected, rel=1e-5)

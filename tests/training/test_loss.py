@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.loss import chunked_lm_loss, count_targets
+from philora.training.loss import chunked_lm_loss, count_targets
 
 
 def _case(bias: bool, seed: int = 0):
@@ -25,7 +25,9 @@ def _case(bias: bool, seed: int = 0):
 
 def _reference(head, hidden, targets):
     logits = head(hidden)  # (B, T, V)
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum")
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+    )
 
 
 @pytest.mark.parametrize("bias", [True, False])

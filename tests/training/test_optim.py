@@ -5,14 +5,14 @@ import io
 import pytest
 import torch
 
-from training.errors import TrainingError
-from training.optim import build_optimizer
+from philora.training.errors import TrainingError
+from philora.training.optim import build_optimizer
 
 
 def _quadratic_steps(opt, param, steps=5):
     losses = []
     for _ in range(steps):
-        loss = (param ** 2).sum()
+        loss = (param**2).sum()
         losses.append(loss.item())
         loss.backward()
         opt.step()

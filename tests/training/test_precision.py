@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from training.errors import TrainingError
-from training.precision import Precision, base_dtype, resolve_precision
+from philora.training.errors import TrainingError
+from philora.training.precision import Precision, base_dtype, resolve_precision
 
 CPU = torch.device("cpu")
 

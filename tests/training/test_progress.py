@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from training.progress import MetricsLog, ProgressBar, format_duration
+from philora.training.progress import MetricsLog, ProgressBar, format_duration
 
 
 def test_metrics_truncated_on_resume(tmp_path):
@@ -23,10 +23,17 @@ def test_metrics_truncated_on_resume(tmp_path):
 
 def test_progress_line_and_duration(capsys):
     import sys
+
     bar = ProgressBar(10, stream=sys.stdout)
     bar.update(5, loss=1.25, lr=2e-4, tokens_per_s=1234.0, force_line=True)
     line = capsys.readouterr().out
-    assert "step 5/10" in line and "loss 1.2500" in line and "lr 2.00e-04" in line and "1,234 tok/s" in line and "ETA" in line
+    assert (
+        "step 5/10" in line
+        and "loss 1.2500" in line
+        and "lr 2.00e-04" in line
+        and "1,234 tok/s" in line
+        and "ETA" in line
+    )
     assert format_duration(3725) == "1:02:05" and format_duration(65) == "1:05"
 
 

@@ -5,12 +5,16 @@ import random
 import numpy as np
 import torch
 
-from training.rng import rng_state, seed_everything, set_rng_state
+from philora.training.rng import rng_state, seed_everything, set_rng_state
 
 
 def _draw():
-    return (random.random(), float(np.random.rand()), torch.rand(3).tolist(),
-            torch.nn.functional.dropout(torch.ones(8), 0.5).tolist())
+    return (
+        random.random(),
+        float(np.random.rand()),
+        torch.rand(3).tolist(),
+        torch.nn.functional.dropout(torch.ones(8), 0.5).tolist(),
+    )
 
 
 def test_snapshot_round_trip_replays_streams(tmp_path):

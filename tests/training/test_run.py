@@ -6,18 +6,39 @@ import signal
 import pytest
 import torch
 
-import data
 import lora_core
 import phi_models
-import training.loop as loop_module
-from training.checkpoint import list_checkpoints, load_training_state
-from training.loop import evaluate
-from training.precision import Precision
-from training.run import main
+import philora.training.loop as loop_module
+from philora import data
+from philora.training.checkpoint import list_checkpoints, load_training_state
+from philora.training.loop import evaluate
+from philora.training.precision import Precision
+from philora.training.run import main
 
-BASE = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "48", "--max-seq-len", "128",
-        "--batch-size", "4", "--eval-batch-size", "8", "--device", "cpu", "--sample-tokens", "0",
-        "--log-every", "1", "--lr", "3e-3", "--warmup", "2"]
+BASE = [
+    "--model",
+    "tiny",
+    "--data",
+    "samples/roleplay",
+    "--limit",
+    "48",
+    "--max-seq-len",
+    "128",
+    "--batch-size",
+    "4",
+    "--eval-batch-size",
+    "8",
+    "--device",
+    "cpu",
+    "--sample-tokens",
+    "0",
+    "--log-every",
+    "1",
+    "--lr",
+    "3e-3",
+    "--warmup",
+    "2",
+]
 
 
 def _run(out, *extra):
@@ -50,14 +71,31 @@ def test_loss_falls_and_saved_adapter_reproduces_final_eval(tmp_path, capsys):
     lora_core.inject(model, targets=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"], r=16, lora_alpha=16)
     missing, unexpected = lora_core.load_adapter(model, out / "adapter.safetensors", strict=False)
     assert not missing and not unexpected
-    val = data.make_batches(prepared.val, batch_size=8, max_seq_len=128, pad_id=tok.pad_token_id
-                            if tok.pad_token_id is not None else tok.eos_token_id, shuffle=False, seed=42)
+    val = data.make_batches(
+        prepared.val,
+        batch_size=8,
+        max_seq_len=128,
+        pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        shuffle=False,
+        seed=42,
+    )
     again = evaluate(model, val, precision=Precision("fp32", torch.device("cpu")))
     assert again["loss"] == pytest.approx(evals[-1]["loss"], rel=1e-6)
 
 
 def test_resume_after_interrupt_is_bit_exact(tmp_path, monkeypatch, capsys):
-    args = ["--max-steps", "8", "--save-every", "3", "--eval-every", "4", "--precision", "fp32", "--lora-dropout", "0.1"]
+    args = [
+        "--max-steps",
+        "8",
+        "--save-every",
+        "3",
+        "--eval-every",
+        "4",
+        "--precision",
+        "fp32",
+        "--lora-dropout",
+        "0.1",
+    ]
     straight = tmp_path / "straight"
     assert _run(straight, *args) == 0
 
@@ -112,9 +150,15 @@ def test_grad_accum_4_equals_batch_4_on_tiny(tmp_path):
         torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-6, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("extra", [["--quantize", "nf4", "--precision", "bf16"], ["--precision", "bf16"],
-                                   ["--precision", "fp32", "--gradient-checkpointing", "--optimizer", "adamw8bit"]],
-                         ids=["nf4", "bf16", "checkpointing-adamw8bit"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--quantize", "nf4", "--precision", "bf16"],
+        ["--precision", "bf16"],
+        ["--precision", "fp32", "--gradient-checkpointing", "--optimizer", "adamw8bit"],
+    ],
+    ids=["nf4", "bf16", "checkpointing-adamw8bit"],
+)
 def test_quantized_and_bf16_runs_train(tmp_path, extra):
     out = tmp_path / "run"
     assert _run(out, "--max-steps", "8", "--eval-every", "8", "--save-every", "0", *extra) == 0
@@ -141,11 +185,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, ca
     assert load_training_state(list_checkpoints(out)[-1])["step"] == 2
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--model", "phi-9"], "unknown model 'phi-9': use a preset (tiny"),
-    (["--data", "nowhere"], "unknown data source 'nowhere'"),
-    (["--precision", "fp16"], "--precision fp16 needs a CUDA device"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "phi-9"], "unknown model 'phi-9': use a preset (tiny"),
+        (["--data", "nowhere"], "unknown data source 'nowhere'"),
+        (["--precision", "fp16"], "--precision fp16 needs a CUDA device"),
+    ],
+)
 def test_bad_inputs_one_line_errors(tmp_path, capsys, argv, message):
     assert main([*BASE, "--output-dir", str(tmp_path / "run"), *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -202,8 +249,10 @@ def test_resume_refuses_changed_options_and_accepts_allowed_ones(tmp_path, capsy
     capsys.readouterr()
 
     # each locked option is named with both values; nothing is trained or written
-    assert _run(out, *common, "--max-steps", "4", "--resume", "latest", "--batch-size", "2", "--seed", "7",
-                "--no-packing") == 2
+    assert (
+        _run(out, *common, "--max-steps", "4", "--resume", "latest", "--batch-size", "2", "--seed", "7", "--no-packing")
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "options differ from the run being resumed" in err
     assert "--batch-size 2 (checkpoint: 4)" in err and "--seed 7 (checkpoint: 42)" in err
@@ -214,8 +263,25 @@ def test_resume_refuses_changed_options_and_accepts_allowed_ones(tmp_path, capsy
     assert [r["step"] for r in _records(out, "train")] == [1, 2]
 
     # run length, output, logging and evaluation may change: the run continues
-    assert _run(out, *common, "--max-steps", "4", "--resume", "latest", "--keep-last", "1", "--log-every", "2",
-                "--eval-batch-size", "4", "--targets", "q_proj,k_proj,v_proj,dense,fc1,fc2") == 0
+    assert (
+        _run(
+            out,
+            *common,
+            "--max-steps",
+            "4",
+            "--resume",
+            "latest",
+            "--keep-last",
+            "1",
+            "--log-every",
+            "2",
+            "--eval-batch-size",
+            "4",
+            "--targets",
+            "q_proj,k_proj,v_proj,dense,fc1,fc2",
+        )
+        == 0
+    )
     assert "resuming from" in capsys.readouterr().out
     assert [r["step"] for r in _records(out, "train")] == [1, 2, 4]
     assert [p.name for p in list_checkpoints(out)] == ["step-000004"]

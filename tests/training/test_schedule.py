@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from training.schedule import LRSchedule, warmup_steps_for
+from philora.training.schedule import LRSchedule, warmup_steps_for
 
 
 def _opt():

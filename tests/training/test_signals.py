@@ -12,18 +12,44 @@ import pytest
 
 import lora_core
 import phi_models
-from training.checkpoint import list_checkpoints, load_training_state
-from training.run import main
+from philora.training.checkpoint import list_checkpoints, load_training_state
+from philora.training.run import main
 
 REPO = Path(__file__).resolve().parents[2]
-ARGS = ["--model", "tiny", "--data", "samples/roleplay", "--limit", "32", "--max-seq-len", "96", "--batch-size", "2",
-        "--device", "cpu", "--precision", "fp32", "--sample-tokens", "0", "--log-every", "1", "--eval-every", "0",
-        "--eval-batches", "1"]
+ARGS = [
+    "--model",
+    "tiny",
+    "--data",
+    "samples/roleplay",
+    "--limit",
+    "32",
+    "--max-seq-len",
+    "96",
+    "--batch-size",
+    "2",
+    "--device",
+    "cpu",
+    "--precision",
+    "fp32",
+    "--sample-tokens",
+    "0",
+    "--log-every",
+    "1",
+    "--eval-every",
+    "0",
+    "--eval-batches",
+    "1",
+]
 
 
 def _start(out: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *ARGS, "--output-dir", str(out), *extra],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *ARGS, "--output-dir", str(out), *extra],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(condition, proc: subprocess.Popen, timeout: float = 90.0) -> None:
@@ -73,8 +99,10 @@ def test_sigkill_then_resume_completes(tmp_path):
     last = list_checkpoints(out)[-1]
     resumed_from = load_training_state(last)["step"]
     target = resumed_from + 4
-    assert main([*ARGS, "--output-dir", str(out), "--max-steps", str(target), "--save-every", "3",
-                 "--resume", "latest"]) == 0
+    assert (
+        main([*ARGS, "--output-dir", str(out), "--max-steps", str(target), "--save-every", "3", "--resume", "latest"])
+        == 0
+    )
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if r["kind"] == "train"]
     assert steps == list(range(1, target + 1))  # steps after the checkpoint were dropped and redone once
@@ -85,20 +113,25 @@ def test_sigkill_then_resume_completes(tmp_path):
 # data.prepare made to hang, so the SIGTERM surely lands while the run is still loading.
 _SLOW_LOADING = """
 import sys, time
-import data
+from philora import data
 def hang(*args, **kwargs):
     print("LOADING", flush=True)
     time.sleep(60)
 data.prepare = hang
-from training.run import main
+from philora.training.run import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def test_sigterm_while_loading_exits_143_with_one_line(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", _SLOW_LOADING, *ARGS, "--output-dir", str(out)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_LOADING, *ARGS, "--output-dir", str(out)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "LOADING"
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
