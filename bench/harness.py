@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-# The two widths the performance issue asks for, a few layers each (the real vocab sizes).
+# The two widths the performance issue asks for, a few layers each (the real vocab sizes), and a tiny one.
 SHAPES = {
     "phi-2": dict(family="phi", hidden=2560, intermediate=10240, heads=32, kv_heads=32, vocab=51200),
     "phi-3-mini": dict(family="phi3", hidden=3072, intermediate=8192, heads=32, kv_heads=32, vocab=32064),
+    # phi-2's layout (head 80, 32 rotary dims) at a size for quick sanity runs; the tiny tokenizer's ids fit.
+    "phi-2-tiny": dict(family="phi", hidden=320, intermediate=1280, heads=4, kv_heads=4, vocab=2048),
 }
 # LoRA targets that cover the same weights on both sides (attention + MLP).
 TARGETS = {
