@@ -174,20 +174,21 @@ def peak_memory_mib(device: str = "cpu") -> float:
     return proc_status_kib("VmHWM") / 1024
 
 
-def matmul_peak_flops(dtype, device: str = "cpu", size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a square matmul in ``dtype`` measured here: the denominator of model FLOP utilization."""
+def matmul_peak_flops(dtype, device: str = "cpu", size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a square matmul in ``dtype`` measured here (the best of ``repeats``, after two warm-ups):
+    the denominator of model FLOP utilization."""
     import torch
 
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     times = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + 2):
         sync(device)
         start = time.perf_counter()
         a @ b
         sync(device)
         times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times[1:])
+    return 2 * size**3 / min(times[2:])
 
 
 def memory_bandwidth(device: str = "cpu", mib: int = 1024, repeats: int = 5) -> float:
