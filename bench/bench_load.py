@@ -38,7 +38,8 @@ import sys
 import time
 from pathlib import Path
 
-import harness
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (bench/ is not a package)
 
 SIDES = ("philora", "transformers")
 MODES = ("dense", "nf4")

@@ -131,12 +131,12 @@ done < <(grep -E '^(PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS) ' "$tests_log")
 
 # ---------------------------------------------------------------------------- the benchmarks
 train() { # train SHAPE DTYPE
-	piece "train $1 $2" 150 "$PY" bench/bench_train.py --shape "$1" --layers "$LAYERS" --dtype "$2" \
+	piece "train $1 $2" 200 "$PY" bench/bench_train.py --shape "$1" --layers "$LAYERS" --dtype "$2" \
 		--device cuda --rounds "$ROUNDS"
 	BENCHES+=("$LAST_LOG")
 }
 decode() { # decode SHAPE BATCH
-	piece "decode $1 batch $2" 90 "$PY" bench/bench_decode.py --shape "$1" --layers "$LAYERS" --batch "$2" \
+	piece "decode $1 batch $2" 120 "$PY" bench/bench_decode.py --shape "$1" --layers "$LAYERS" --batch "$2" \
 		--device cuda
 	BENCHES+=("$LAST_LOG")
 }
