@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +66,6 @@ class PhiConfig:
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     torch_dtype: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         check_config_values(self)  # types and ranges first: the checks below divide by these
@@ -159,9 +158,7 @@ class PhiConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that ``from_dict`` reads back to an equal config."""
-        out = dataclasses.asdict(self)
-        out.pop("extra")
-        return out
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> PhiConfig:
@@ -198,7 +195,7 @@ class PhiConfig:
         return cls.from_dict(read_json(path, "config.json"), source=str(path))
 
 
-_OWN_FIELDS = {f.name for f in dataclasses.fields(PhiConfig)} - {"extra"}
+_OWN_FIELDS = {f.name for f in dataclasses.fields(PhiConfig)}
 
 
 def _from_hf(raw: dict[str, Any], model_type: str) -> dict[str, Any]:
