@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -107,9 +106,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
         return worker(args)
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        args.dir = tmp
-        harness.write_checkpoint(Path(tmp), args.shape, args.layers)
+    with harness.checkpoint(args.shape, args.layers) as directory:
+        args.dir = str(directory)
         sides = ["philora", "hf"] if not args.only else [args.only]
         argvs = {side: harness.worker_argv(__file__, side, **worker_options(args)) for side in sides}
         results = harness.alternate(argvs, args.rounds)
