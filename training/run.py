@@ -14,6 +14,7 @@ import torch
 import lora_core
 import phi_models
 from lora_core import LoRAError, atomic_write
+from lora_core.linear4bit import keep_standard_4bit_layout
 from phi_models import HubError, PhiConfig, PhiModelError
 from phi_models.source import resolve_source
 from philora import data
@@ -200,20 +201,8 @@ def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Preci
     dtype = base_dtype(cfg.dtype, precision)
     model = phi_models.from_pretrained(cfg.model, dtype=dtype, device=device, quantize=quantize, revision=cfg.revision)
     if quantize is not None:
-        keep_4bit_weights_trainable(model)
+        keep_standard_4bit_layout(model)  # evaluation mid-training must not repack weights training needs
     return tokenizer, prepared, model
-
-
-def keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
-    """Stop bitsandbytes from repacking 4-bit weights into its CPU inference layout.
-
-    On CPUs with AVX512-BF16, a Linear4bit evaluated in eval mode without grad converts its weight
-    to an inference-only packing; the next training forward then takes a path with no backward
-    and fails. Evaluation in the middle of training must not do that.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
 
 
 def add_lora(cfg: TrainConfig, model: torch.nn.Module, targets: list[str]) -> tuple[list[str], dict]:

@@ -162,3 +162,37 @@ def dequantize(layer):
     from bitsandbytes.functional import dequantize_4bit
 
     return dequantize_4bit(layer.weight.data, layer.weight.quant_state).clone()
+
+
+def test_adapted_4bit_model_deepcopies_and_merges_alone():
+    import copy
+
+    _, model = _quantized_model(fused=True)
+    lora.inject(model, ["q_proj", "2"], r=2)
+    with torch.no_grad():
+        model[0].lora_B.normal_()
+    twin = copy.deepcopy(model)
+    assert type(twin[0]) is type(model[0]) and twin[0].weight is not model[0].weight
+    x = torch.randn(2, 64)
+    expected = model(x).detach()
+    with pytest.warns(UserWarning, match="re-quantizes"):
+        lora.merge(twin)
+    lora.unmerge(twin)
+    assert torch.equal(twin(x), expected) and torch.equal(model(x), expected)
+
+
+def test_4bit_classes_without_bitsandbytes_raise_lora_error(monkeypatch):
+    import importlib.util
+    import sys
+
+    from lora_core import quantized
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if bitsandbytes were not installed
+    spec = importlib.util.spec_from_file_location("quantized_without_bnb", quantized.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("LoRALinear4bit", "LoRAMergedLinear4bit", "LoRALinearNF4", "LoRAMergedLinearFP4"):
+        with pytest.raises(lora.LoRAError, match="install bitsandbytes"):
+            getattr(module, name)(64, 32)
+    with pytest.raises(lora.LoRAError, match="not a bitsandbytes Linear4bit"):
+        module.lora_class_for(nn.Linear, fused=False)
