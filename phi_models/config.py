@@ -20,6 +20,11 @@ from phi_models.errors import PhiModelError
 from phi_models.json_files import read_json
 
 ARCHITECTURES = ("phi", "phi3")
+# LoRA targets per architecture when none are given: every attention and MLP projection (the tutorials' recipe).
+DEFAULT_LORA_TARGETS = {
+    "phi": ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"),
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+}
 SLIDING_WINDOW_MODES = ("w+1", "w")
 _LONGROPE_NAMES = {"longrope", "su", "yarn"}
 # Remote-code phi-1.5/2 configs (n_embd, n_layer, ...): Nov 2023 phi-msft and the Sept 2023 MixFormer.
@@ -196,6 +201,16 @@ class PhiConfig:
 
 
 _OWN_FIELDS = {f.name for f in dataclasses.fields(PhiConfig)}
+
+
+def default_lora_targets(config_or_model_type: PhiConfig | str) -> list[str]:
+    """The LoRA targets of an architecture (a ``PhiConfig`` or its ``model_type``) when none are given."""
+    model_type = getattr(config_or_model_type, "model_type", config_or_model_type)
+    if model_type not in DEFAULT_LORA_TARGETS:
+        raise PhiModelError(
+            f"no default LoRA targets for model type {model_type!r}: phi_models knows {', '.join(ARCHITECTURES)}"
+        )
+    return list(DEFAULT_LORA_TARGETS[model_type])
 
 
 def _from_hf(raw: dict[str, Any], model_type: str) -> dict[str, Any]:
