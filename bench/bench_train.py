@@ -1,66 +1,58 @@
-"""Benchmark LoRA training steps: philora against transformers + peft, same checkpoint, same batches.
+"""Training step: philora against transformers + peft on the same checkpoint, batches and LoRA.
 
-Builds ONE random phi-2-shaped checkpoint with transformers (``PhiForCausalLM(config).save_pretrained``),
-writes the batches to a file, then runs each implementation in its own subprocess (so peak RSS is
-per implementation) with identical settings: bf16 base, bf16 autocast, fp32 LoRA factors
-(r, alpha, dropout) on q_proj, k_proj, v_proj, dense, fc1, fc2, fused AdamW, grad clipping 1.0.
+One random checkpoint of the chosen width (``--shape phi-2|phi-3-mini``, ``--layers`` layers, the real
+vocab) is written by transformers' ``save_pretrained``; each side then runs in its own process, the
+sides alternating for ``--rounds`` rounds, and the table shows medians over rounds of each round's
+median step. Batches are ``--batch`` x ``--seq`` random tokens whose first ``--prompt-fraction`` of
+positions are a masked prompt (label -100), as in instruction tuning.
 
-- philora: ``phi_models.from_pretrained(dir, dtype=bf16)`` + ``lora_core.inject`` (as training/run.py
-  does) and the training loop's own step, ``training.loop.accumulate_window`` + ``optimizer_step``.
-- transformers + peft: ``PhiForCausalLM.from_pretrained(dir, dtype=bf16)`` + ``get_peft_model``
-  with the same LoraConfig; loss from ``model(input_ids, labels=input_ids)`` under the same autocast.
+- philora: ``phi_models.from_pretrained`` + ``lora_core.inject`` as train.py builds them, and the loop's
+  own ``accumulate_window`` + ``optimizer_step`` (the lm_head only at target positions).
+- transformers + peft: ``from_pretrained`` (nf4: ``BitsAndBytesConfig``) + ``get_peft_model`` with the
+  same ``LoraConfig``; ``model(input_ids, labels=labels).loss``; the same AdamW and clipping.
 
-Warm-up steps are excluded; the median of the timed steps is reported. ``--check`` first verifies
-that both stacks give the same initial loss on the first batch (LoRA B starts at zero, so this is the
-base model's loss; bf16 tolerance) and the same number of trainable parameters. Not a test.
+``--dtype``: ``bf16`` (bf16 base, bf16 autocast, fp32 LoRA), ``nf4`` (4-bit base, bf16 compute) or
+``fp32`` (everything fp32, no autocast). ``--loss-path equal`` takes our loss-path lead away: fp32 master
+weights under bf16 autocast on both sides and full logits on ours too, so what remains is the kernels.
 
-    python bench/bench_train.py [--hidden 1024 --layers 6 --vocab 51200 --batch 4 --seq 256]
-                                [--warmup 2 --steps 6 --threads N --check --rounds 1]
+Model FLOP utilization counts useful FLOPs only: 4 x layer parameters x tokens (forward and the
+activation gradients of a frozen base; LoRA's own FLOPs are left out) plus 4 x hidden x vocab per
+*target* token for the head, over the FLOP/s of a square matmul in the compute dtype measured in the
+same process. Peak memory is the process's VmHWM (CUDA: max allocated). Not a test.
 
-Memory columns: ``imports`` = resident set once the implementation's packages are imported (before any
-model), ``after load`` = resident set right after the base model is loaded (before LoRA and training),
-``peak`` = the process's RSS high-water mark (``ru_maxrss``) over imports + load + training. Both stacks
-memory-map the safetensors file, so "after load" counts only the weight pages touched so far.
+    python bench/bench_train.py [--shape phi-2] [--layers 2] [--dtype bf16] [--rounds 3] [--profile]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402  (bench/ is not a package)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hidden", type=int, default=1024)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--heads", type=int, default=16)
-    p.add_argument("--vocab", type=int, default=51200)
+    p.add_argument("--shape", choices=sorted(harness.SHAPES), default="phi-2")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--dtype", choices=["bf16", "nf4", "fp32"], default="bf16")
+    p.add_argument("--loss-path", choices=["own", "equal"], default="own", help="equal: full logits on both sides")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--prompt-fraction", type=float, default=0.5, help="leading positions masked out of the loss")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--steps", type=int, default=6, help="timed steps")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=3, help="processes per side, alternating; medians over them")
     p.add_argument("--r", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
     p.add_argument("--dropout", type=float, default=0.05)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="run each implementation this many times, alternating; report the round with the best median",
-    )
-    p.add_argument("--only", choices=["philora", "hf"], help="run one implementation only")
-    p.add_argument("--check", action="store_true", help="first verify equal initial loss and trainable counts")
-    p.add_argument("--keep", help="write the checkpoint and batches here (kept) instead of a temp dir")
-    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: philora | hf | check-philora | check-hf
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--only", choices=["philora", "hf"], help="run one side only")
+    p.add_argument("--profile", action="store_true", help="after the table, torch.profiler's op table of one step")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -68,271 +60,225 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------- parent
 
 
-def write_checkpoint(args, directory: Path) -> None:
-    """A random phi-2-shaped PhiForCausalLM saved by transformers (bf16 safetensors) + the batches."""
-    import torch
-    from transformers import PhiConfig, PhiForCausalLM
-
-    torch.manual_seed(0)
-    head_dim = args.hidden // args.heads  # phi-2: 80, of which 32 rotary dims; keep 32 rotary dims here
-    config = PhiConfig(
-        vocab_size=args.vocab,
-        hidden_size=args.hidden,
-        intermediate_size=4 * args.hidden,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
-        partial_rotary_factor=32 / head_dim,
-        max_position_embeddings=max(2048, args.seq),
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attention_dropout=0.0,
-        hidden_act="gelu_new",
-        tie_word_embeddings=False,
-    )
-    model = PhiForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(directory, safe_serialization=True)
-    gen = torch.Generator().manual_seed(1)
-    batches = [
-        torch.randint(0, args.vocab, (args.batch, args.seq), generator=gen) for _ in range(args.warmup + args.steps)
-    ]
-    torch.save(batches, directory / "batches.pt")
+def worker_options(args) -> dict:
+    keys = ("shape", "layers", "dtype", "loss_path", "batch", "seq", "prompt_fraction", "warmup", "steps")
+    keys += ("r", "alpha", "dropout", "device", "dir")
+    return {key: getattr(args, key) for key in keys}
 
 
-def run_worker(args, kind: str, directory: Path) -> dict:
-    argv = [sys.executable, __file__, "--worker", kind, "--dir", str(directory)]
-    for name in (
-        "hidden",
-        "layers",
-        "heads",
-        "vocab",
-        "batch",
-        "seq",
-        "warmup",
-        "steps",
-        "r",
-        "alpha",
-        "dropout",
-        "lr",
-        "threads",
-    ):
-        argv += [f"--{name}", str(getattr(args, name))]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        sys.exit(f"{kind} worker failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
-def check(args, directory: Path) -> None:
-    ours, theirs = run_worker(args, "check-philora", directory), run_worker(args, "check-hf", directory)
-    diff = abs(ours["loss"] - theirs["loss"])
-    print(
-        f"check: initial loss philora {ours['loss']:.5f}  transformers+peft {theirs['loss']:.5f}  "
-        f"|diff| {diff:.2e}; trainable params {ours['trainable']:,} vs {theirs['trainable']:,}"
-    )
-    # bf16 matmuls with different fusion (qkv in one matmul, chunked head): ~1e-2 relative is bf16's noise.
-    if diff > 2e-2 * max(1.0, abs(theirs["loss"])) or ours["trainable"] != theirs["trainable"]:
-        sys.exit("check FAILED: the two stacks do not compute the same model/LoRA")
-
-
-def table(args, results: dict) -> str:
-    import peft
-    import torch
-    import transformers
-
-    mb = lambda kb: f"{kb / 1024:,.0f} MB"  # noqa: E731
-    rows = [
-        "| implementation | tokens/s (median) | step s (median) | imports | after load | peak RSS | first loss |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+def summary(args, results: dict[str, list[dict]]) -> str:
     names = {"philora": "philora", "hf": "transformers + peft"}
-    for kind, res in results.items():
+    rows = []
+    for side, rounds in results.items():
         rows.append(
-            f"| {names[kind]} | {res['tokens_per_s']:,.0f} | {res['step_s']:.3f} | "
-            f"{mb(res['rss_imports_kb'])} | {mb(res['rss_after_load_kb'])} | {mb(res['peak_rss_kb'])} | "
-            f"{res['first_loss']:.4f} |"
+            [
+                names[side],
+                f"{harness.median(rounds, 'tokens_per_s'):,.0f}",
+                f"{harness.median(rounds, 'step_s'):.3f}",
+                f"{harness.median(rounds, 'mfu'):.2f}",
+                f"{harness.median(rounds, 'peak_mib'):,.0f}",
+                f"{harness.median(rounds, 'first_loss'):.4f}",
+            ]
         )
     if len(results) == 2:
         ours, theirs = results["philora"], results["hf"]
+        ratio = lambda key: harness.median(ours, key) / harness.median(theirs, key)  # noqa: E731
         rows.append(
-            f"| **philora / hf** | **{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x** | | | "
-            f"{ours['rss_after_load_kb'] / theirs['rss_after_load_kb']:.2f}x | "
-            f"**{ours['peak_rss_kb'] / theirs['peak_rss_kb']:.2f}x** | |"
+            ["**philora / hf**", f"**{ratio('tokens_per_s'):.2f}x**", "", "", f"**{ratio('peak_mib'):.2f}x**", ""]
         )
-    threads = next(iter(results.values()))["threads"]
+    first = next(iter(results.values()))[0]
+    spec = harness.SHAPES[args.shape]
     head = (
-        f"hidden {args.hidden}, {args.layers} layers, {args.heads} heads, vocab {args.vocab}, "
-        f"batch {args.batch}x{args.seq}, bf16, LoRA r={args.r} alpha={args.alpha:g} dropout={args.dropout:g} "
-        f"on {','.join(TARGETS)}, AdamW; {args.warmup} warm-up + {args.steps} timed steps\n"
-        f"torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
-        f"{threads} threads\n"
+        f"{args.shape} width ({spec['hidden']}, vocab {spec['vocab']}), {args.layers} layers, {args.dtype} "
+        f"base, loss path {args.loss_path}, batch {args.batch}x{args.seq} with {args.prompt_fraction:.0%} "
+        f"masked prompt, LoRA r={args.r} on {','.join(harness.TARGETS[spec['family']])}; {args.warmup} warm-up "
+        f"+ {args.steps} timed steps, median of {args.rounds} rounds; {args.device}\n"
+        f"{first['machine']}; matmul peak {first['peak_tflops']:.2f} TFLOP/s ({first['peak_dtype']})\n\n"
     )
-    return head + "\n".join(rows)
+    table = harness.markdown_table(
+        ["implementation", "tokens/s", "step s", "MFU", "peak MiB", "first loss"],
+        rows,
+    )
+    return head + table
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
         return worker(args)
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        directory = Path(args.keep or tmp)
-        directory.mkdir(parents=True, exist_ok=True)
-        write_checkpoint(args, directory)
-        if args.check:
-            check(args, directory)
-        kinds = [args.only] if args.only else ["philora", "hf"]
-        best: dict = {}
-        for _ in range(args.rounds):
-            for kind in kinds:
-                res = run_worker(args, kind, directory)
-                if kind not in best or res["tokens_per_s"] > best[kind]["tokens_per_s"]:
-                    best[kind] = res
-        print(table(args, best))
+    with harness.checkpoint(args.shape, args.layers) as directory:
+        args.dir = str(directory)
+        sides = ["philora", "hf"] if not args.only else [args.only]
+        argvs = {side: harness.worker_argv(__file__, side, **worker_options(args)) for side in sides}
+        results = harness.alternate(argvs, args.rounds)
+        print(summary(args, results))
+        if args.profile:
+            for side in sides:
+                profiled = harness.run_worker([*argvs[side], "--profile"])
+                print(f"\n{side}: torch.profiler, one step, top ops by self CPU time\n\n{profiled['profile']}")
 
 
 # ---------------------------------------------------------------------------- workers
 
 
-def rss_kb() -> int:
-    """Current resident set size in KiB."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+def make_batches(args, vocab: int, count: int):
+    """``count`` batches: random ids; labels -100 over the masked prompt (HF convention: unshifted)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    prompt = int(args.seq * args.prompt_fraction)
+    batches = []
+    for _ in range(count):
+        ids = torch.randint(0, vocab, (args.batch, args.seq), generator=gen)
+        labels = ids.clone()
+        labels[:, :prompt] = -100
+        batches.append((ids, labels))
+    return batches
 
 
-def load_philora(args, directory: Path):
-    """The model and trainable params exactly as training/run.py builds them (load, inject, fp32 LoRA)."""
+def philora_batch(ids, labels, device):
+    """Our batch contract: targets already shifted by one, -100 where nothing is predicted."""
+    import torch
+
+    targets = torch.full_like(ids, -100)
+    targets[:, :-1] = labels[:, 1:]
+    return {"input_ids": ids.to(device), "targets": targets.to(device)}
+
+
+def build_philora(args, directory: Path, family: str):
     import torch
 
     import lora_core
     import phi_models
 
-    model = phi_models.from_pretrained(str(directory), dtype=torch.bfloat16)
-    after_load = rss_kb()
-    lora_core.inject(model, targets=TARGETS, r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout)
+    kwargs = {"quantize": "nf4"} if args.dtype == "nf4" else {}
+    dtype = torch.float32 if args.dtype == "fp32" or args.loss_path == "equal" else torch.bfloat16
+    model = phi_models.from_pretrained(str(directory), dtype=dtype, device=args.device, **kwargs)
+    lora_core.inject(model, targets=harness.TARGETS[family], r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout)
     lora_core.mark_only_lora_as_trainable(model)
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
-    model.train()
-    return model, after_load
+    return model.train()
 
 
-def load_hf(args, directory: Path):
-    """transformers PhiForCausalLM in bf16 + peft LoRA (peft keeps adapter weights in fp32 by default)."""
+def build_hf(args, directory: Path, family: str):
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import PhiForCausalLM
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    model = PhiForCausalLM.from_pretrained(str(directory), dtype=torch.bfloat16)
-    after_load = rss_kb()
+    if args.dtype == "nf4":
+        quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(directory), quantization_config=quant, dtype=torch.bfloat16, device_map=args.device
+        )
+    else:
+        dtype = torch.float32 if args.dtype == "fp32" or args.loss_path == "equal" else torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=dtype).to(args.device)
     config = LoraConfig(
         r=args.r,
         lora_alpha=args.alpha,
         lora_dropout=args.dropout,
-        target_modules=TARGETS,
+        target_modules=harness.TARGETS[family],
         bias="none",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, config)
-    model.train()
-    return model, after_load
-
-
-def philora_batch(ids):
-    """The batch contract: targets already shifted, -100 at the last position (nothing to predict)."""
-    import torch
-
-    targets = torch.full_like(ids, -100)
-    targets[:, :-1] = ids[:, 1:]
-    return {"input_ids": ids, "targets": targets, "attention_mask": torch.ones_like(ids)}
+    return get_peft_model(model, config).train()
 
 
 def worker(args) -> None:
-    import resource
-    import time
-
     import torch
+    import torch.nn.functional as F
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     directory = Path(args.dir)
-    batches = torch.load(directory / "batches.pt")
-    kind = args.worker.removeprefix("check-")
-    if kind == "philora":
-        import lora_core  # noqa: F401,E401
-    else:
-        import peft  # noqa: F401,E401
-    rss_imports = rss_kb()
-    torch.manual_seed(0)
-    model, after_load = (load_philora if kind == "philora" else load_hf)(args, directory)
+    spec = harness.SHAPES[args.shape]
+    family = spec["family"]
+    side = args.worker
+    harness.reset_peak_rss()
+    model = (build_philora if side == "philora" else build_hf)(args, directory, family)
     params = [p for p in model.parameters() if p.requires_grad]
-    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731  (train.py's bf16 mode)
+    n_layer_params = layer_param_count(spec, args.layers)  # from the shape: 4-bit packing must not change it
+    compute_dtype = torch.float32 if args.dtype == "fp32" else torch.bfloat16
+    autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=args.dtype != "fp32")
+    batches = make_batches(args, spec["vocab"], args.warmup + args.steps)
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)  # what build_optimizer picks
 
-    if args.worker.startswith("check-"):
-        with torch.no_grad(), autocast():
-            if kind == "philora":
-                from philora.training.loop import micro_batch_loss
-                from philora.training.loss import count_targets
-
-                batch = philora_batch(batches[0])
-                loss = float(micro_batch_loss(model, batch, 256)) / count_targets(batch["targets"])
-            else:
-                loss = float(model(input_ids=batches[0], labels=batches[0]).loss)
-        print("RESULT " + json.dumps({"loss": loss, "trainable": sum(p.numel() for p in params)}))
-        return
-
-    if kind == "philora":
+    if side == "philora":
         from philora.training.loop import accumulate_window, optimizer_step
-        from philora.training.optim import build_optimizer
         from philora.training.precision import Precision
 
-        precision = Precision("bf16", torch.device("cpu"))
-        optimizer = build_optimizer(params, name="adamw", lr=args.lr)
+        precision = Precision("fp32" if args.dtype == "fp32" else "bf16", torch.device(args.device))
 
-        def step(ids) -> float:
-            loss, _ = accumulate_window(model, [philora_batch(ids)], precision=precision)
-            optimizer_step(params, optimizer, None, 1.0)
-            return loss
+        if args.loss_path == "equal":
+
+            def step(ids, labels) -> float:
+                batch = philora_batch(ids, labels, args.device)
+                with autocast:
+                    logits = model(batch["input_ids"])
+                    loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten())
+                loss.backward()
+                optimizer_step(params, optimizer, None, 1.0)
+                return loss.item()
+        else:
+
+            def step(ids, labels) -> float:
+                loss, _ = accumulate_window(model, [philora_batch(ids, labels, args.device)], precision=precision)
+                optimizer_step(params, optimizer, None, 1.0)
+                return loss
     else:
-        optimizer = torch.optim.AdamW(params, lr=args.lr, fused=True)  # what build_optimizer picks on CPU
 
-        def step(ids) -> float:
-            with autocast():
-                loss = model(input_ids=ids, labels=ids).loss  # transformers shifts the labels itself
+        def step(ids, labels) -> float:
+            with autocast:
+                loss = model(input_ids=ids.to(args.device), labels=labels.to(args.device)).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return loss.item()
 
-    times, losses = [], []
-    for i, ids in enumerate(batches):
-        start = time.perf_counter()
-        losses.append(step(ids))
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
+    if "--profile" in sys.argv:
+        for ids, labels in batches[: args.warmup]:
+            step(ids, labels)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            step(*batches[-1])
+        harness.emit({"profile": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)})
+        return
+
+    losses = []
+    batch_iter = iter(batches)
+
+    def next_step():
+        ids, labels = next(batch_iter)
+        losses.append(step(ids, labels))
+
+    times = harness.timed(next_step, args.warmup, args.steps, args.device)
     step_s = statistics.median(times)
-    print(
-        "RESULT "
-        + json.dumps(
-            {
-                "tokens_per_s": args.batch * args.seq / step_s,
-                "step_s": step_s,
-                "step_times": times,
-                "rss_imports_kb": rss_imports,
-                "rss_after_load_kb": after_load,
-                "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                "first_loss": losses[0],
-                "last_loss": losses[-1],
-                "threads": torch.get_num_threads(),
-            }
-        )
+    tokens = args.batch * args.seq
+    target_tokens = args.batch * (args.seq - int(args.seq * args.prompt_fraction) - 1)
+    useful_flops = 4 * n_layer_params * tokens + 4 * spec["hidden"] * spec["vocab"] * target_tokens
+    peak = harness.matmul_peak_flops(compute_dtype, args.device)
+    harness.emit(
+        {
+            "tokens_per_s": tokens / step_s,
+            "step_s": step_s,
+            "mfu": useful_flops / step_s / peak,
+            "peak_tflops": peak / 1e12,
+            "peak_dtype": str(compute_dtype).removeprefix("torch."),
+            "peak_mib": harness.peak_memory_mib(args.device),
+            "first_loss": losses[0],
+            "machine": harness.machine_line(),
+        }
     )
 
 
+def layer_param_count(spec: dict, layers: int) -> int:
+    """Weights of ``layers`` decoder layers of this shape (attention + MLP matrices; norms and biases are noise)."""
+    hidden, inter = spec["hidden"], spec["intermediate"]
+    head_dim = hidden // spec["heads"]
+    attention = hidden * (hidden + 2 * spec["kv_heads"] * head_dim) + hidden * hidden
+    mlp = (2 if spec["family"] == "phi" else 3) * hidden * inter
+    return layers * (attention + mlp)
+
+
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repo root, for the packages
     main()

@@ -7,14 +7,18 @@ each side's peak memory is its own; the worker prints one ``RESULT {json}`` line
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 # The two widths the performance issue asks for, a few layers each (the real vocab sizes), and a tiny one.
@@ -56,6 +60,32 @@ def write_checkpoint(directory: Path, shape: str, layers: int, dtype: str = "bfl
         model = Phi3ForCausalLM(config)
     model.to(getattr(torch, dtype)).save_pretrained(directory, safe_serialization=True)
     return spec
+
+
+@contextlib.contextmanager
+def checkpoint(shape: str, layers: int, dtype: str = "bfloat16", keep: Path | None = None) -> Iterator[Path]:
+    """A directory holding ``write_checkpoint(shape, layers, dtype)``: a temporary one removed afterwards, or,
+    with ``keep`` (else the ``BENCH_CHECKPOINTS`` variable), a folder under it that later runs reuse."""
+    keep = keep or (Path(os.environ["BENCH_CHECKPOINTS"]) if os.environ.get("BENCH_CHECKPOINTS") else None)
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="philora-bench-") as tmp:
+            write_checkpoint(Path(tmp), shape, layers, dtype)
+            yield Path(tmp)
+        return
+    directory = Path(keep) / f"{shape}-{layers}layers-{dtype}"
+    if not (directory / "config.json").is_file():
+        # Written beside its final name and renamed, so an interrupted write is never reused.
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=directory.name + ".partial-", dir=directory.parent))
+        write_checkpoint(partial, shape, layers, dtype)
+        shutil.rmtree(directory, ignore_errors=True)
+        partial.rename(directory)
+    yield directory
+
+
+def directory_mib(directory: Path) -> float:
+    """Size on disk of the files in ``directory`` (not recursive), in MiB."""
+    return sum(f.stat().st_size for f in Path(directory).iterdir() if f.is_file()) / 2**20
 
 
 def worker_argv(script: str, worker: str, **options) -> list[str]:
@@ -113,6 +143,30 @@ def reset_peak_rss() -> None:
         refs.write("5")
 
 
+@contextlib.contextmanager
+def sampled_peak(field: str = "RssAnon", interval: float = 0.002) -> Iterator[dict]:
+    """Sample a /proc/self/status field (KiB) from a thread while the block runs; yields a dict whose
+    ``start`` and ``peak`` (MiB) are filled in. RssAnon leaves out memory-mapped file pages, which VmHWM
+    counts though the kernel can drop them; a sample can miss a peak shorter than ``interval``."""
+    result = {"start": proc_status_kib(field) / 1024}
+    result["peak"] = result["start"]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            result["peak"] = max(result["peak"], proc_status_kib(field) / 1024)
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        sampler.join()
+        result["peak"] = max(result["peak"], proc_status_kib(field) / 1024)
+
+
 def peak_memory_mib(device: str = "cpu") -> float:
     """Peak memory of this process: VmHWM on CPU, max allocated on CUDA."""
     if device.startswith("cuda"):
@@ -122,20 +176,21 @@ def peak_memory_mib(device: str = "cpu") -> float:
     return proc_status_kib("VmHWM") / 1024
 
 
-def matmul_peak_flops(dtype, device: str = "cpu", size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of a square matmul in ``dtype`` measured here: the denominator of model FLOP utilization."""
+def matmul_peak_flops(dtype, device: str = "cpu", size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a square matmul in ``dtype`` measured here (the best of ``repeats``, after two warm-ups):
+    the denominator of model FLOP utilization."""
     import torch
 
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     times = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + 2):
         sync(device)
         start = time.perf_counter()
         a @ b
         sync(device)
         times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times[1:])
+    return 2 * size**3 / min(times[2:])
 
 
 def memory_bandwidth(device: str = "cpu", mib: int = 1024, repeats: int = 5) -> float:

@@ -36,7 +36,8 @@ class Conversation:
 
     Either ``messages`` (system first if any, then user/assistant turns) or, for plain
     language-modelling data, ``text`` (trained on as a whole). ``origin`` says where it
-    came from (``file:line`` or ``file row N``) for error messages.
+    came from (``file:line`` or ``file row N``) for error messages. ``meta`` holds what a
+    template needs beyond the messages (an Alpaca record's ``instruction`` and ``input``).
     """
 
     messages: tuple[Message, ...] = ()

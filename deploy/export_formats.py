@@ -35,12 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def base_config(run):
     """The base model's PhiConfig, read from its config.json (no weights loaded)."""
-    from phi_models import PhiConfig
-    from phi_models.presets import tiny_config
     from phi_models.source import resolve_source
 
-    source = resolve_source(run.base_model, run.revision)
-    return tiny_config() if source.kind == "tiny" else PhiConfig.from_file(source.file("config.json"))
+    return resolve_source(run.base_model, run.revision).config()
 
 
 def tokenizer_dir(run) -> Path:

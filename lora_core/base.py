@@ -26,6 +26,33 @@ def default_lora_dtype(weight_dtype: torch.dtype, lora_dtype: torch.dtype | None
     return weight_dtype
 
 
+def create_lora_factors(
+    layer,
+    weight: nn.Parameter,
+    a_shape: tuple[int, ...],
+    b_shape: tuple[int, ...],
+    use_rslora: bool,
+    lora_dtype: torch.dtype | None,
+    base_dtype: torch.dtype | None = None,
+) -> dict:
+    """Give `layer` zero `lora_A` (a_shape) and `lora_B` (b_shape) beside the base `weight`, set its
+    scaling and freeze `weight`. The dtype is `default_lora_dtype(base_dtype or weight.dtype,
+    lora_dtype)`; returns the dtype/device keywords used, for further LoRA parameters."""
+    kind = dict(dtype=default_lora_dtype(base_dtype or weight.dtype, lora_dtype), device=weight.device)
+    layer.lora_A = nn.Parameter(torch.zeros(*a_shape, **kind))
+    layer.lora_B = nn.Parameter(torch.zeros(*b_shape, **kind))
+    layer._set_scaling(use_rslora)
+    weight.requires_grad = False
+    return kind
+
+
+def reset_lora_factors(layer) -> None:
+    """loralib's init: A Kaiming-uniform(a=sqrt(5)), B zeros, so the layer starts equal to its base."""
+    if hasattr(layer, "lora_A"):
+        nn.init.kaiming_uniform_(layer.lora_A, a=math.sqrt(5))
+        nn.init.zeros_(layer.lora_B)
+
+
 class LoRALayer:
     """loralib's LoRA mixin (not an nn.Module itself): rank, alpha, dropout and merge state.
 
@@ -128,14 +155,30 @@ class LoRALayer:
             merged = (merged.to(wide) + delta.to(wide)).to(base.dtype)
         return merged
 
-    def _fold_in(self, names: list[str]) -> None:
-        """Write the merged weight for `names` into the base weight, keeping the pristine tensor."""
+    # The weight swap: the three hooks through which merging reads and replaces the base weight.
+    # Dense layers swap the weight's tensor; 4-bit layers (quantized.py) dequantize to read,
+    # re-quantize to write and swap the whole packed parameter.
+    def dense_weight(self) -> torch.Tensor:
+        """The base weight as the dense tensor that merging adds updates to."""
+        return self._weight_owner().weight.data
+
+    def _encode_weight(self, merged: torch.Tensor):
+        """A dense merged weight in the form the layer stores (what `_swap_weight` takes)."""
+        return merged
+
+    def _swap_weight(self, new):
+        """Put `new` (a stored form) in place of the base weight; returns the stored form it replaced."""
         weight = self._weight_owner().weight
+        old, weight.data = weight.data, new
+        return old
+
+    def _fold_in(self, names: list[str]) -> None:
+        """Write the merged weight for `names` into the base weight, keeping the pristine one."""
         with torch.no_grad():
-            merged = self.merged_weight(weight.data, names)
+            merged = self._encode_weight(self.merged_weight(self.dense_weight(), names))
+        old = self._swap_weight(merged)
         if self._weight_before_merge is None:
-            self._weight_before_merge = weight.data
-        weight.data = merged
+            self._weight_before_merge = old
 
     def merge(self, adapter_names: Sequence[str] | None = None) -> None:
         """Fold adapters into the base weight (default: the active ones; a list merges just those).
@@ -154,7 +197,7 @@ class LoRALayer:
         if not self.merged:
             return
         if self._weight_before_merge is not None:
-            self._weight_owner().weight.data = self._weight_before_merge
+            self._swap_weight(self._weight_before_merge)
             self._weight_before_merge = None
         self.merged = False
         self.merged_adapters = []
@@ -185,8 +228,12 @@ class LoRALayer:
             self.unmerge()
         result = super()._apply(fn, *args, **kwargs)
         if was_merged:
-            self.merge(names if names else None)
+            self._merge_after_move(names)
         return result
+
+    def _merge_after_move(self, names: list[str]) -> None:
+        """Called by `_apply` after a merged layer was unmerged and moved: merge the same adapters again."""
+        self.merge(names if names else None)
 
     def extra_repr(self) -> str:
         base = super().extra_repr()

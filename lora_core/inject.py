@@ -22,8 +22,8 @@ from lora_core.layers import (
     Linear,
     create_conv_lora_parameters,
 )
+from lora_core.linear4bit import is_linear4bit
 from lora_core.merged import MergedLinear
-from lora_core.quantized import add_lora_to_linear4bit, bitsandbytes_class, is_linear4bit, lora_class_for
 from lora_core.utils import mark_only_lora_as_trainable
 
 Targets = str | Sequence[str]
@@ -378,6 +378,8 @@ def _adapt(name, module, chosen, options, use_rslora, use_dora, lora_dtype) -> N
         enable = [s in chosen for s in slices]
         sizes = list(slices.values())
     if is_linear4bit(module):
+        from lora_core.quantized import add_lora_to_linear4bit  # imports bitsandbytes (loaded already here)
+
         add_lora_to_linear4bit(
             module, enable_lora=enable, slice_sizes=sizes, use_rslora=use_rslora, lora_dtype=lora_dtype, **options
         )
@@ -421,8 +423,9 @@ def _as_lora_layer(module: nn.Module, merge_weights: bool) -> LoRALayer:
     if is_conv1d(module):
         return make_lora_conv1d(module, merge_weights)
     if is_linear4bit(module):
-        module.support_avx512bf16_for_cpu = False  # see add_lora_to_linear4bit
-        module.__class__ = lora_class_for(bitsandbytes_class(type(module)), fused=False)
+        from lora_core.quantized import as_lora_linear4bit  # imports bitsandbytes (loaded already here)
+
+        as_lora_linear4bit(module, fused=False)
     elif isinstance(module, nn.Linear):
         module.__class__ = Linear
     elif isinstance(module, nn.Embedding):

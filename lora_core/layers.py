@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lora_core.adapters import add_adapter_outputs
-from lora_core.base import LoRALayer, default_lora_dtype
+from lora_core.base import LoRALayer, create_lora_factors, reset_lora_factors
 from lora_core.dropout import dropout_unscaled
 from lora_core.errors import LoRAError
 
@@ -65,14 +65,12 @@ class Linear(LoRALayer, nn.Linear):
     def _create_lora_parameters(self, use_rslora: bool, use_dora: bool, lora_dtype) -> None:
         if use_dora and self.fan_in_fan_out:
             raise LoRAError("use_dora=True is not supported with fan_in_fan_out=True")
-        kind = dict(dtype=default_lora_dtype(self.weight.dtype, lora_dtype), device=self.weight.device)
-        self.lora_A = nn.Parameter(torch.zeros(self.r, self.in_features, **kind))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.r, **kind))
+        kind = create_lora_factors(
+            self, self.weight, (self.r, self.in_features), (self.out_features, self.r), use_rslora, lora_dtype
+        )
         if use_dora:
             self.lora_magnitude_vector = nn.Parameter(torch.ones(self.out_features, **kind))
         self.use_dora = bool(use_dora)
-        self._set_scaling(use_rslora)
-        self.weight.requires_grad = False
 
     def reset_parameters(self) -> None:
         """Reset the base layer like nn.Linear, then the LoRA factors."""
@@ -82,11 +80,8 @@ class Linear(LoRALayer, nn.Linear):
     def reset_lora_parameters(self) -> None:
         """A: Kaiming-uniform(a=sqrt(5)), B: zeros, so the layer starts equal to its base;
         the DoRA magnitude starts at the row norms of the base weight."""
-        if not hasattr(self, "lora_A"):
-            return
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B)
-        if self.use_dora:
+        reset_lora_factors(self)
+        if hasattr(self, "lora_A") and self.use_dora:
             with torch.no_grad():
                 self.lora_magnitude_vector.copy_(self._dora_weight_norm())
 
@@ -149,11 +144,8 @@ class Embedding(LoRALayer, nn.Embedding):
         self.reset_parameters()
 
     def _create_lora_parameters(self, use_rslora: bool, lora_dtype) -> None:
-        kind = dict(dtype=default_lora_dtype(self.weight.dtype, lora_dtype), device=self.weight.device)
-        self.lora_A = nn.Parameter(torch.zeros(self.r, self.num_embeddings, **kind))
-        self.lora_B = nn.Parameter(torch.zeros(self.embedding_dim, self.r, **kind))
-        self._set_scaling(use_rslora)
-        self.weight.requires_grad = False
+        shapes = (self.r, self.num_embeddings), (self.embedding_dim, self.r)
+        create_lora_factors(self, self.weight, *shapes, use_rslora, lora_dtype)
 
     def reset_parameters(self) -> None:
         """Reset the base table like nn.Embedding, then the LoRA factors."""
@@ -206,18 +198,8 @@ def create_conv_lora_parameters(layer: LoRALayer, conv: nn.Module, use_rslora: b
     """
     kernel = _kernel_tuple(conv)
     k0, rest = kernel[0], math.prod(kernel) // kernel[0]
-    kind = dict(dtype=default_lora_dtype(conv.weight.dtype, lora_dtype), device=conv.weight.device)
-    layer.lora_A = nn.Parameter(torch.zeros(layer.r * k0, conv.in_channels * rest, **kind))
-    layer.lora_B = nn.Parameter(torch.zeros(conv.out_channels // conv.groups * k0, layer.r * k0, **kind))
-    layer._set_scaling(use_rslora)
-    conv.weight.requires_grad = False
-
-
-def reset_conv_lora_parameters(layer: LoRALayer) -> None:
-    """A: Kaiming-uniform(a=sqrt(5)), B: zeros."""
-    if hasattr(layer, "lora_A"):
-        nn.init.kaiming_uniform_(layer.lora_A, a=math.sqrt(5))
-        nn.init.zeros_(layer.lora_B)
+    shapes = (layer.r * k0, conv.in_channels * rest), (conv.out_channels // conv.groups * k0, layer.r * k0)
+    create_lora_factors(layer, conv.weight, *shapes, use_rslora, lora_dtype)
 
 
 def conv_delta_weight(layer: LoRALayer, conv: nn.Module) -> torch.Tensor:
@@ -264,7 +246,7 @@ class ConvLoRA(LoRALayer, nn.Module):
     def reset_parameters(self) -> None:
         """Reset the conv, then the LoRA factors."""
         self.conv.reset_parameters()
-        reset_conv_lora_parameters(self)
+        reset_lora_factors(self)
 
     def delta_weight(self) -> torch.Tensor:
         return conv_delta_weight(self, self.conv)
@@ -303,7 +285,7 @@ class _InjectedConvLoRA(LoRALayer):
 
     def reset_lora_parameters(self) -> None:
         """A: Kaiming-uniform(a=sqrt(5)), B: zeros."""
-        reset_conv_lora_parameters(self)
+        reset_lora_factors(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_forward(self, self, x)

@@ -1,6 +1,5 @@
 """MergedLinear: LoRA on chosen output slices of a fused projection (e.g. q/k/v in one matmul)."""
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -8,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lora_core.adapters import add_adapter_outputs
-from lora_core.base import LoRALayer, default_lora_dtype
+from lora_core.base import LoRALayer, create_lora_factors, reset_lora_factors
 from lora_core.dropout import dropout_unscaled
 from lora_core.errors import LoRAError
 
@@ -94,12 +93,7 @@ class MergedLinear(LoRALayer, nn.Linear):
         self._enabled_spans = tuple(spans)
 
     def _create_lora_parameters(self, use_rslora: bool, lora_dtype) -> None:
-        kind = dict(dtype=default_lora_dtype(self.weight.dtype, lora_dtype), device=self.weight.device)
-        enabled_rows = sum(size for _, size, _ in self._enabled_spans)
-        self.lora_A = nn.Parameter(torch.zeros(self.r * len(self._enabled_spans), self.in_features, **kind))
-        self.lora_B = nn.Parameter(torch.zeros(enabled_rows, self.r, **kind))
-        self._set_scaling(use_rslora)
-        self.weight.requires_grad = False
+        create_lora_factors(self, self.weight, *sliced_factor_shapes(self), use_rslora, lora_dtype)
 
     def reset_parameters(self) -> None:
         """Reset the base layer like nn.Linear, then the LoRA factors."""
@@ -108,9 +102,7 @@ class MergedLinear(LoRALayer, nn.Linear):
 
     def reset_lora_parameters(self) -> None:
         """A: Kaiming-uniform(a=sqrt(5)), B: zeros."""
-        if hasattr(self, "lora_A"):
-            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-            nn.init.zeros_(self.lora_B)
+        reset_lora_factors(self)
 
     @property
     def lora_ind(self) -> torch.Tensor:
@@ -155,6 +147,12 @@ class MergedLinear(LoRALayer, nn.Linear):
         if self.lora_active():
             result = result.add_(sliced_low_rank_output(self, x, result.dtype))
         return add_adapter_outputs(self, x, result)
+
+
+def sliced_factor_shapes(layer) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The (lora_A, lora_B) shapes of a sliced layer: (r * n_enabled, in), (enabled rows, r)."""
+    enabled_rows = sum(size for _, size, _ in layer._enabled_spans)
+    return (layer.r * len(layer._enabled_spans), layer.in_features), (enabled_rows, layer.r)
 
 
 def block_lora_B(layer, dtype=None) -> torch.Tensor:

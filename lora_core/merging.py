@@ -77,10 +77,7 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
 
 def _dense_merged_weight(layer: LoRALayer, dtype: torch.dtype | None) -> torch.Tensor:
     with torch.no_grad():
-        if hasattr(layer, "dequantized_weight"):
-            base = layer.dequantized_weight()
-        else:
-            base = layer._weight_owner().weight.data
+        base = layer.dense_weight()
         if dtype is not None:
             base = base.to(dtype)
         if layer.adapters_disabled or not layer._resolve_merge_names(None):

@@ -1,21 +1,28 @@
 """LoRA over a bitsandbytes 4-bit base (Linear4bit, nf4/fp4, double quantization).
 
-bitsandbytes is imported lazily so lora_core imports without it. The LoRA classes are built
-on first use for each bitsandbytes class (`LoRALinear4bit`, `LoRAMergedLinearNF4`, ...) and
-are also reachable as attributes of this module, so pickled models load again.
+The LoRA classes (`LoRALinear4bit`, `LoRAMergedLinear4bit`, and the same over `LinearNF4` and
+`LinearFP4`) are defined here when bitsandbytes is installed; without it the names exist and raise
+LoRAError when used. Importing this module imports bitsandbytes, so `inject` imports it only
+once a model holds a Linear4bit (bitsandbytes is loaded then anyway).
 """
 
-import importlib.util
 import warnings
 
 import torch
 import torch.nn as nn
 
 from lora_core.adapters import add_adapter_outputs
-from lora_core.base import LoRALayer, default_lora_dtype
+from lora_core.base import LoRALayer, create_lora_factors, reset_lora_factors
 from lora_core.errors import LoRAError
 from lora_core.layers import low_rank_output
-from lora_core.merged import block_lora_B, sliced_low_rank_output
+from lora_core.linear4bit import (
+    bitsandbytes_available,
+    dequantized_weight,
+    is_linear4bit,
+    keep_standard_4bit_layout,
+    restore_standard_layout,
+)
+from lora_core.merged import MergedLinear, block_lora_B, sliced_factor_shapes, sliced_low_rank_output
 
 ROUNDING_WARNING = (
     "merging LoRA into a 4-bit weight dequantizes, adds and re-quantizes it: the "
@@ -24,69 +31,26 @@ ROUNDING_WARNING = (
 )
 
 
-def bitsandbytes_available() -> bool:
-    """True when bitsandbytes can be imported."""
-    return importlib.util.find_spec("bitsandbytes") is not None
-
-
-def is_linear4bit(module: nn.Module) -> bool:
-    """True for a bitsandbytes Linear4bit (without importing bitsandbytes unless it is loaded)."""
-    import sys
-
-    bnb = sys.modules.get("bitsandbytes")
-    return bnb is not None and isinstance(module, bnb.nn.Linear4bit)
-
-
-def restore_standard_layout(module: nn.Module) -> None:
-    """Undo bitsandbytes' CPU inference repacking of a 4-bit weight (done on an eval, no-grad
-    forward on AVX512-BF16 CPUs): that layout has no backward and cannot be dequantized."""
-    state = getattr(module.weight, "quant_state", None)
-    if state is not None and getattr(state, "packing_format_for_cpu", False):
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-        module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-            module.weight.data, state
-        )
-
-
-def dequantized_weight(module: nn.Module) -> torch.Tensor:
-    """The dense (out, in) weight of a 4-bit layer, in its quantization dtype."""
-    from bitsandbytes.functional import dequantize_4bit
-
-    restore_standard_layout(module)
-    weight = module.weight
-    return dequantize_4bit(weight.data, weight.quant_state)
-
-
 class _Quantized4bitLoRA(LoRALayer):
-    """Merge machinery for a frozen 4-bit base: merging re-quantizes; unmerge restores the
-    original packed parameter object, so it is exact."""
-
-    def _create_lora_parameters(self, out_rows: int, groups: int, use_rslora: bool, lora_dtype) -> None:
-        kind = dict(dtype=default_lora_dtype(torch.float32, lora_dtype), device=self.weight.device)
-        self.lora_A = nn.Parameter(torch.zeros(self.r * groups, self.in_features, **kind))
-        self.lora_B = nn.Parameter(torch.zeros(out_rows, self.r, **kind))
-        self._set_scaling(use_rslora)
-        self.weight.requires_grad = False
+    """LoRALayer's merge/unmerge over a frozen 4-bit base, through the weight-swap hooks: merging
+    dequantizes, adds the updates and re-quantizes into a new packed parameter; unmerge puts the
+    original packed parameter object back, so it is exact."""
 
     def dequantized_weight(self) -> torch.Tensor:
         """The base weight dequantized to a dense (out, in) tensor."""
         return dequantized_weight(self)
 
-    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            restore_standard_layout(self)  # packed before LoRA was added: training needs the normal layout
-        return super().forward(x)
+    def dense_weight(self) -> torch.Tensor:
+        """The dequantized base weight: what merging adds updates to."""
+        return self.dequantized_weight()
 
-    def _fold_in(self, names) -> None:
+    def _encode_weight(self, merged: torch.Tensor):
         import bitsandbytes as bnb
 
-        warnings.warn(ROUNDING_WARNING, stacklevel=3)
+        warnings.warn(ROUNDING_WARNING, stacklevel=4)  # the caller of merge()
         old = self.weight
-        with torch.no_grad():
-            dense = self.merged_weight(self.dequantized_weight(), names)
         new = bnb.nn.Params4bit(
-            dense.to("cpu"),
+            merged.to("cpu"),
             requires_grad=False,
             blocksize=old.blocksize,
             compress_statistics=old.compress_statistics,
@@ -94,27 +58,20 @@ class _Quantized4bitLoRA(LoRALayer):
             quant_storage=old.quant_storage,
             module=self,
         )
-        if self._weight_before_merge is None:
-            self._weight_before_merge = old
-        self.weight = new.to(old.device)  # moving quantizes
+        return new.to(old.device)  # moving quantizes
 
-    def unmerge(self) -> None:
-        if not self.merged:
-            return
-        if self._weight_before_merge is not None:
-            self.weight = self._weight_before_merge
-            self._weight_before_merge = None
-        self.merged = False
-        self.merged_adapters = []
+    def _swap_weight(self, new):
+        old, self.weight = self.weight, new
+        return old
 
-    def _apply(self, fn, *args, **kwargs):
-        # Re-quantizing on every .to() would be lossy: move the pristine weight only.
-        was_merged = self.merged
-        self.unmerge()
-        result = super(LoRALayer, self)._apply(fn, *args, **kwargs)
-        if was_merged:
-            warnings.warn("a merged 4-bit layer was moved: it is now unmerged; call merge() again", stacklevel=2)
-        return result
+    def _merge_after_move(self, names: list[str]) -> None:
+        # Re-quantizing on every .to() would be lossy: only the pristine weight is moved.
+        warnings.warn("a merged 4-bit layer was moved: it is now unmerged; call merge() again", stacklevel=3)
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            restore_standard_layout(self)  # packed before LoRA was added: training needs the normal layout
+        return super().forward(x)
 
 
 class _Linear4bitLoRA(_Quantized4bitLoRA):
@@ -144,35 +101,80 @@ class _MergedLinear4bitLoRA(_Quantized4bitLoRA):
         return add_adapter_outputs(self, x, result)
 
 
-_CLASSES: dict[str, type] = {}
+if bitsandbytes_available():
+    import bitsandbytes as bnb
+
+    class LoRALinear4bit(_Linear4bitLoRA, bnb.nn.Linear4bit):
+        """LoRA over the whole output of a 4-bit Linear."""
+
+    class LoRAMergedLinear4bit(_MergedLinear4bitLoRA, bnb.nn.Linear4bit):
+        """LoRA over chosen output slices of a fused 4-bit Linear."""
+
+    class LoRALinearNF4(_Linear4bitLoRA, bnb.nn.LinearNF4):
+        """LoRA over the whole output of a 4-bit Linear."""
+
+    class LoRAMergedLinearNF4(_MergedLinear4bitLoRA, bnb.nn.LinearNF4):
+        """LoRA over chosen output slices of a fused 4-bit Linear."""
+
+    class LoRALinearFP4(_Linear4bitLoRA, bnb.nn.LinearFP4):
+        """LoRA over the whole output of a 4-bit Linear."""
+
+    class LoRAMergedLinearFP4(_MergedLinear4bitLoRA, bnb.nn.LinearFP4):
+        """LoRA over chosen output slices of a fused 4-bit Linear."""
+
+    # (bitsandbytes class, fused) -> its LoRA class; a subclass of these gets its nearest base's.
+    _LORA_CLASSES = {
+        (bnb.nn.Linear4bit, False): LoRALinear4bit,
+        (bnb.nn.Linear4bit, True): LoRAMergedLinear4bit,
+        (bnb.nn.LinearNF4, False): LoRALinearNF4,
+        (bnb.nn.LinearNF4, True): LoRAMergedLinearNF4,
+        (bnb.nn.LinearFP4, False): LoRALinearFP4,
+        (bnb.nn.LinearFP4, True): LoRAMergedLinearFP4,
+    }
+else:
+
+    class _NeedsBitsandbytes:
+        """Stands for a 4-bit LoRA class where bitsandbytes is not installed."""
+
+        def __new__(cls, *args, **kwargs):
+            raise LoRAError(f"{cls.__name__} is a bitsandbytes 4-bit layer; install bitsandbytes to use it")
+
+    class LoRALinear4bit(_NeedsBitsandbytes):
+        """Needs bitsandbytes."""
+
+    class LoRAMergedLinear4bit(_NeedsBitsandbytes):
+        """Needs bitsandbytes."""
+
+    class LoRALinearNF4(_NeedsBitsandbytes):
+        """Needs bitsandbytes."""
+
+    class LoRAMergedLinearNF4(_NeedsBitsandbytes):
+        """Needs bitsandbytes."""
+
+    class LoRALinearFP4(_NeedsBitsandbytes):
+        """Needs bitsandbytes."""
+
+    class LoRAMergedLinearFP4(_NeedsBitsandbytes):
+        """Needs bitsandbytes."""
+
+    _LORA_CLASSES = {}
 
 
-def bitsandbytes_class(cls: type) -> type:
-    """The bitsandbytes class under a (possibly already LoRA) 4-bit layer class."""
-    return next(c for c in cls.__mro__ if c.__module__.startswith("bitsandbytes"))
+def lora_class_for(cls: type, fused: bool) -> type:
+    """The LoRA class for a bitsandbytes Linear4bit (sub)class, or an already adapted one."""
+    base = next((c for c in cls.__mro__ if (c, fused) in _LORA_CLASSES), None)
+    if base is None:
+        raise LoRAError(f"{cls.__name__} is not a bitsandbytes Linear4bit; 4-bit LoRA needs one")
+    return _LORA_CLASSES[base, fused]
 
 
-def lora_class_for(base_cls: type, fused: bool) -> type:
-    """The LoRA class for a bitsandbytes Linear4bit (sub)class, created once and cached."""
-    name = f"LoRA{'Merged' if fused else ''}{base_cls.__name__}"
-    if name not in _CLASSES:
-        mixin = _MergedLinear4bitLoRA if fused else _Linear4bitLoRA
-        cls = type(name, (mixin, base_cls), {"__module__": __name__, "__doc__": mixin.__doc__})
-        _CLASSES[name] = cls
-    return _CLASSES[name]
-
-
-def __getattr__(name: str):
-    # Lets pickle find the lazily built classes: LoRA[Merged]Linear4bit / ...NF4 / ...FP4.
-    if name.startswith("LoRA") and bitsandbytes_available():
-        import bitsandbytes as bnb
-
-        fused = name.startswith("LoRAMerged")
-        base_name = name[len("LoRAMerged") :] if fused else name[len("LoRA") :]
-        base_cls = getattr(bnb.nn, base_name, None)
-        if isinstance(base_cls, type) and issubclass(base_cls, bnb.nn.Linear4bit):
-            return lora_class_for(base_cls, fused)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def as_lora_linear4bit(module: nn.Module, fused: bool) -> nn.Module:
+    """Give a bitsandbytes Linear4bit its LoRA class in place (LoRA state is set up by the caller)."""
+    # bitsandbytes would repack the weight for its inference-only CPU kernel on the first eval,
+    # no-grad forward; training after that fails and merging would read a foreign layout.
+    keep_standard_4bit_layout(module)
+    module.__class__ = lora_class_for(type(module), fused)
+    return module
 
 
 def add_lora_to_linear4bit(
@@ -189,8 +191,6 @@ def add_lora_to_linear4bit(
 ) -> nn.Module:
     """Turn a bitsandbytes Linear4bit into its LoRA class in place (same object, same packed
     weight). With `enable_lora` it becomes a fused layer with LoRA on the enabled slices."""
-    from lora_core.merged import MergedLinear
-
     if not is_linear4bit(module):
         raise LoRAError(f"expected a bitsandbytes Linear4bit, got {type(module).__name__}")
     if r <= 0:
@@ -201,16 +201,14 @@ def add_lora_to_linear4bit(
             "(e.g. model.to('cpu')) before adding LoRA"
         )
     fused = enable_lora is not None
-    # bitsandbytes would repack the weight for its inference-only CPU kernel on the first eval,
-    # no-grad forward; training after that fails and merging would read a foreign layout.
-    module.support_avx512bf16_for_cpu = False
-    module.__class__ = lora_class_for(bitsandbytes_class(type(module)), fused)
+    as_lora_linear4bit(module, fused)
     LoRALayer.__init__(module, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
     if fused:
         MergedLinear.configure_slices(module, enable_lora, slice_sizes)
-        rows = sum(size for _, size, _ in module._enabled_spans)
-        module._create_lora_parameters(rows, len(module._enabled_spans), use_rslora, lora_dtype)
+        shapes = sliced_factor_shapes(module)
     else:
-        module._create_lora_parameters(module.out_features, 1, use_rslora, lora_dtype)
-    MergedLinear.reset_lora_parameters(module)
+        shapes = (r, module.in_features), (module.out_features, r)
+    # The packed weight's dtype says nothing about its values: the factors default to fp32.
+    create_lora_factors(module, module.weight, *shapes, use_rslora, lora_dtype, base_dtype=torch.float32)
+    reset_lora_factors(module)
     return module

@@ -6,7 +6,7 @@ import logging as _logging
 from phi_models.adapters import attach_adapter
 from phi_models.cache import KVCache
 from phi_models.chat_format import CHAT_FORMATS, Segment, render_chat, render_chat_text
-from phi_models.config import PhiConfig
+from phi_models.config import PhiConfig, default_lora_targets
 from phi_models.errors import PhiModelError
 from phi_models.export_merged import export_merged
 from phi_models.generation import generate
@@ -25,6 +25,7 @@ _logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(_logging.ERROR)
 
 __all__ = [
     "attach_adapter",
+    "default_lora_targets",
     "export_merged",
     "export_peft_adapter",
     "load_peft_adapter",

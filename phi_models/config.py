@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,11 @@ from phi_models.errors import PhiModelError
 from phi_models.json_files import read_json
 
 ARCHITECTURES = ("phi", "phi3")
+# LoRA targets per architecture when none are given: every attention and MLP projection (the tutorials' recipe).
+DEFAULT_LORA_TARGETS = {
+    "phi": ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"),
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+}
 SLIDING_WINDOW_MODES = ("w+1", "w")
 _LONGROPE_NAMES = {"longrope", "su", "yarn"}
 # Remote-code phi-1.5/2 configs (n_embd, n_layer, ...): Nov 2023 phi-msft and the Sept 2023 MixFormer.
@@ -66,7 +71,6 @@ class PhiConfig:
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     torch_dtype: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         check_config_values(self)  # types and ranges first: the checks below divide by these
@@ -159,9 +163,7 @@ class PhiConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that ``from_dict`` reads back to an equal config."""
-        out = dataclasses.asdict(self)
-        out.pop("extra")
-        return out
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> PhiConfig:
@@ -198,7 +200,17 @@ class PhiConfig:
         return cls.from_dict(read_json(path, "config.json"), source=str(path))
 
 
-_OWN_FIELDS = {f.name for f in dataclasses.fields(PhiConfig)} - {"extra"}
+_OWN_FIELDS = {f.name for f in dataclasses.fields(PhiConfig)}
+
+
+def default_lora_targets(config_or_model_type: PhiConfig | str) -> list[str]:
+    """The LoRA targets of an architecture (a ``PhiConfig`` or its ``model_type``) when none are given."""
+    model_type = getattr(config_or_model_type, "model_type", config_or_model_type)
+    if model_type not in DEFAULT_LORA_TARGETS:
+        raise PhiModelError(
+            f"no default LoRA targets for model type {model_type!r}: phi_models knows {', '.join(ARCHITECTURES)}"
+        )
+    return list(DEFAULT_LORA_TARGETS[model_type])
 
 
 def _from_hf(raw: dict[str, Any], model_type: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.floa
 def _dense_weight(module: nn.Module) -> torch.Tensor:
     """The module's weight as a dense tensor, LoRA merged in (a 4-bit base dequantized first)."""
     from lora_core import LoRALayer
-    from lora_core.quantized import dequantized_weight, is_linear4bit
+    from lora_core.linear4bit import dequantized_weight, is_linear4bit
 
     if is_linear4bit(module) or hasattr(module, "dequantized_weight"):
         base = module.dequantized_weight() if hasattr(module, "dequantized_weight") else dequantized_weight(module)

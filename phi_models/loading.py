@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from phi_models.errors import PhiModelError
 from phi_models.json_files import read_json
 from phi_models.keymap import QKV_SLOTS, map_key
 from phi_models.model import PhiForCausalLM
-from phi_models.presets import TINY_SEED, tiny_config
+from phi_models.presets import TINY_SEED
 from phi_models.quantize import (
     check_quant_type,
     empty_linear4bit,
@@ -97,13 +98,9 @@ def from_pretrained(
     check_quant_type(quantize)
     device = check_device(device)
     source = resolve_source(name_or_path, revision)
-    if source.kind == "tiny":
-        config = tiny_config()
-    else:
-        config = PhiConfig.from_file(source.file("config.json"))
-    if sliding_window_mode is not None:
-        config.sliding_window_mode = sliding_window_mode
-        config.__post_init__()
+    config = source.config()
+    if sliding_window_mode is not None:  # a new config, validated like any other
+        config = dataclasses.replace(config, sliding_window_mode=sliding_window_mode)
     target_dtype = parse_dtype(dtype, parse_dtype(config.torch_dtype, torch.float32))
     matmul_dtype = parse_dtype(compute_dtype, target_dtype)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+from importlib import resources
 from pathlib import Path
 
 from phi_models.config import PhiConfig
@@ -63,21 +63,19 @@ def tiny_config() -> PhiConfig:
     )
 
 
-def tiny_tokenizer_path() -> Path:
-    """``data/samples/tokenizer.json``, located without importing the ``data`` package."""
-    spec = importlib.util.find_spec("data")
-    roots = []
-    if spec is not None and spec.submodule_search_locations:
-        roots.extend(Path(p) for p in spec.submodule_search_locations)
-    roots.append(Path(__file__).resolve().parent.parent / "data")
-    for root in roots:
-        candidate = root / "samples" / "tokenizer.json"
-        if candidate.is_file():
-            return candidate
-    raise PhiModelError(
-        "the tiny model's tokenizer data/samples/tokenizer.json is missing; reinstall philora "
-        "(pip install -e .) or pass a directory holding tokenizer.json"
-    )
+def tiny_tokenizer_path(*, must_exist: bool = True) -> Path:
+    """The ``tiny`` model's tokenizer.json, package data of phi_models (``phi_models/assets/tiny/``).
+
+    Its folder holds nothing else, so it doubles as the tiny model's tokenizer folder. The file is
+    written by ``python -m philora.data.samples.make_samples``, which passes ``must_exist=False``.
+    """
+    path = Path(str(resources.files("phi_models"))) / "assets" / "tiny" / "tokenizer.json"
+    if must_exist and not path.is_file():
+        raise PhiModelError(
+            f"the tiny model's tokenizer {path} is missing; reinstall philora "
+            "or pass a directory holding tokenizer.json"
+        )
+    return path
 
 
 def unknown_preset_error(name: str) -> PhiModelError:

@@ -55,8 +55,10 @@ def empty_linear4bit(linear: nn.Linear, quant_type: str, double_quant: bool, com
     if hasattr(linear, "lora_slices"):
         module.lora_slices = dict(linear.lora_slices)
     if linear.out_features % 32 or linear.in_features % 64:
+        from lora_core.linear4bit import keep_standard_4bit_layout
+
         # bitsandbytes' AVX512-BF16 inference repacking asserts on such shapes; use its plain CPU path.
-        module.support_avx512bf16_for_cpu = False
+        keep_standard_4bit_layout(module)
     return module
 
 

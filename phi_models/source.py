@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from phi_models.config import PhiConfig
 from phi_models.errors import PhiModelError
 from phi_models.hub import fetch_file
-from phi_models.presets import PRESETS, TINY, canonical_preset, unknown_preset_error
+from phi_models.presets import PRESETS, TINY, canonical_preset, tiny_config, unknown_preset_error
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class ModelSource:
         if self.kind == "hub":
             return fetch_file(self.repo_id, filename, revision=self.revision, required=required)
         raise PhiModelError(f"the '{TINY}' preset has no file '{filename}'")
+
+    def config(self) -> PhiConfig:
+        """The model's architecture from its config.json (the tiny preset's own), without reading any weight."""
+        return tiny_config() if self.kind == "tiny" else PhiConfig.from_file(self.file("config.json"))
 
 
 def resolve_source(name_or_path: str | Path, revision: str | None = None) -> ModelSource:

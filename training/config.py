@@ -490,15 +490,10 @@ def validate(cfg: TrainConfig) -> None:
         )
 
 
-def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The config as a plain dict (field names as keys), the form written to the run directory."""
-    return dataclasses.asdict(cfg)
-
-
 def dump_config(cfg: TrainConfig, extra: dict[str, Any] | None = None, resolved: dict[str, Any] | None = None) -> str:
     """YAML text of the resolved config, readable back with ``--config`` (``extra`` goes in a comment,
     ``resolved`` into a ``resolved:`` section that ``--config`` skips)."""
-    values = config_to_dict(cfg)
+    values = dataclasses.asdict(cfg)
     if resolved is not None:
         values[RESOLVED_KEY] = resolved
     text = yaml.safe_dump(values, sort_keys=False)

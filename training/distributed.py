@@ -51,7 +51,6 @@ class Distributed:
     local_rank: int = 0
     fsdp: bool = False
     device: torch.device | None = None  # None: single process, training.run resolves --device itself
-    timeout_s: float = 0.0
     window_input_tokens: int = 0  # input tokens of the last window over all ranks (for tokens/s)
     _ddp: nn.Module | None = field(default=None, repr=False)
 
@@ -540,7 +539,6 @@ def open_distributed(cfg):
         local_rank=local_rank,
         fsdp=cfg.fsdp,
         device=device,
-        timeout_s=cfg.dist_timeout,
     )
     torch.distributed.init_process_group(
         "nccl" if device.type == "cuda" else "gloo",

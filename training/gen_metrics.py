@@ -14,15 +14,6 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 ROUGE_HINT = "ROUGE needs the rouge-score package: pip install 'philora[eval]'"
 
 
-def rouge_available() -> bool:
-    """True when the rouge-score package can be imported."""
-    try:
-        import rouge_score  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def rouge_per_pair(predictions: Sequence[str], references: Sequence[str]) -> list[dict[str, float]] | None:
     """F-measure of each ROUGE type for each (prediction, reference) pair; None without rouge-score.
 

@@ -1,7 +1,8 @@
 """The training loop: token-normalized gradient accumulation, clipping, evaluation, checkpoints, stops.
 
-:func:`accumulate_window` and :func:`evaluate` are the numerical core; :func:`fit` drives them
-over epochs and handles logging, checkpoints, signals, time limits and non-finite losses.
+:func:`accumulate_window` and :func:`evaluate` are the numerical core; :meth:`Trainer.fit` drives them
+over epochs, as the run's :class:`~training.config.TrainConfig` says, and handles logging, checkpoints,
+signals, time limits and non-finite losses.
 """
 
 from __future__ import annotations
@@ -10,17 +11,23 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from philora.training.checkpoint import TrainingState, save_checkpoint
+from philora.training.config import TrainConfig
 from philora.training.errors import TrainingError
 from philora.training.finite import stop_if_weights_non_finite
 from philora.training.loss import chunked_lm_loss, count_targets
 from philora.training.precision import Precision
 from philora.training.progress import MetricsLog, ProgressBar, peak_memory_mb
 from philora.training.rng import rng_state
-from philora.training.signals import StopRequest
+from philora.training.schedule import LRSchedule
+from philora.training.signals import stop_after_step
+
+if TYPE_CHECKING:  # for the annotation only: distributed imports this module
+    from philora.training.distributed import Distributed
 
 MODEL_KEYS = ("attention_mask", "position_ids", "document_ids")
 GEN_SHOWN = ("gen_rougeL", "gen_stop_share")  # generation metrics shown on the eval line
@@ -95,26 +102,8 @@ def evaluate(
 
 
 @dataclass
-class LoopSettings:
-    """The parts of TrainConfig the loop itself needs."""
-
-    total_steps: int
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    loss_chunk: int = 256
-    log_every: int = 10
-    eval_every: int = 0
-    eval_batches: int | None = None
-    save_every: int = 0
-    keep_last: int = 3
-    max_time_s: float | None = None
-    adapter_config: dict = field(default_factory=dict)
-    run_config: dict | None = None  # stored in checkpoints; train.py's --resume must repeat it
-
-
-@dataclass
 class FitResult:
-    """How a call to :func:`fit` ended."""
+    """How a call to :meth:`Trainer.fit` ended."""
 
     state: TrainingState
     stopped_by: str  # "done" | "time" | "SIGINT" | "SIGTERM"
@@ -124,172 +113,190 @@ class FitResult:
     last_eval: dict | None
 
 
-def fit(
-    model: torch.nn.Module,
-    *,
-    epoch_batches: Callable[[int], list[dict]],
-    val_batches: list[dict],
-    optimizer,
-    schedule,
-    scaler,
-    precision: Precision,
-    settings: LoopSettings,
-    state: TrainingState,
-    output_dir: str,
-    metrics: MetricsLog,
-    progress: ProgressBar,
-    last_checkpoint: str | None = None,
-    generation_eval: Callable[[torch.nn.Module], dict] | None = None,
-    parallel=None,
-) -> FitResult:
-    """Train until ``settings.total_steps`` optimizer steps (or a time limit or a signal).
+@dataclass
+class Trainer:
+    """One run's training loop: what it trains, where it writes, and :meth:`fit`, which runs it.
 
-    ``epoch_batches(e)`` returns epoch ``e``'s micro-batches (deterministic, so a resumed run
-    continues at ``state.epoch``/``state.batch_index``). A non-finite loss stops the run before
-    the optimizer touches the weights, with a TrainingError naming the step; checkpoints already
-    written stay. ``generation_eval(model)`` (``--eval-generate``) adds its metrics to every eval record.
-    ``parallel`` (a ``training.distributed.Distributed`` under torchrun) supplies the all-rank versions
-    of the window, evaluation and checkpoint, and makes the ranks stop together.
+    The loop's settings are ``cfg``'s own fields (``grad_accum``, ``max_grad_norm``, ``loss_chunk``,
+    ``log_every``, ``eval_every``, ``eval_batches``, ``save_every``, ``keep_last``, ``max_time``);
+    ``total_steps`` is the run's planned length. Every checkpoint stores ``adapter_config`` with its adapter
+    and ``run_config``, the options a ``--resume`` must repeat. ``generation_eval(model)`` (``--eval-generate``)
+    adds its metrics to every eval record. ``parallel`` (a ``training.distributed.Distributed`` under torchrun)
+    supplies the all-rank versions of the window, evaluation and checkpoint, and makes the ranks stop together.
     """
-    accumulate = parallel.accumulate_window if parallel else accumulate_window
-    run_evaluate = parallel.evaluate if parallel else evaluate
-    write_checkpoint = parallel.save_checkpoint if parallel else save_checkpoint
-    params = [p for p in model.parameters() if p.requires_grad]
-    model.train()
-    started = time.perf_counter()
-    window_started = started
-    input_tokens = 0
-    tokens_since_log = 0
-    last_eval = None
-    cached_epoch, batches = None, []
 
-    elapsed_before = state.elapsed
+    cfg: TrainConfig
+    total_steps: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler | None
+    precision: Precision
+    state: TrainingState
+    output_dir: str
+    adapter_config: dict = field(default_factory=dict)
+    run_config: dict | None = None
+    generation_eval: Callable[[torch.nn.Module], dict] | None = None
+    parallel: Distributed | None = None
 
-    def save() -> str:
-        state.elapsed = elapsed_before + time.perf_counter() - started
-        path = write_checkpoint(
-            output_dir,
-            model=model,
-            optimizer=optimizer,
-            schedule=schedule,
-            scaler=scaler,
-            state=state,
-            rng=rng_state(),
-            adapter_config=settings.adapter_config,
-            keep_last=settings.keep_last,
-            run_config=settings.run_config,
-        )
-        return str(path)
+    def fit(
+        self,
+        epoch_batches: Callable[[int], list[dict]],
+        val_batches: list[dict],
+        *,
+        metrics: MetricsLog,
+        progress: ProgressBar,
+        last_checkpoint: str | None = None,
+    ) -> FitResult:
+        """Train until ``total_steps`` optimizer steps (or ``cfg.max_time`` or a signal); closes ``progress``.
 
-    # Under torchrun a rank's validation shard can be empty while another's is not: all ranks must evaluate.
-    has_val = parallel.any_rank(bool(val_batches)) if parallel else bool(val_batches)
+        ``epoch_batches(e)`` returns epoch ``e``'s micro-batches (deterministic, so a resumed run
+        continues at ``state.epoch``/``state.batch_index``). A non-finite loss stops the run before
+        the optimizer touches the weights, with a TrainingError naming the step and ``last_checkpoint``
+        (the newest one written before this call); checkpoints already written stay.
+        """
+        cfg, model, optimizer, schedule, scaler = self.cfg, self.model, self.optimizer, self.schedule, self.scaler
+        precision, state, parallel = self.precision, self.state, self.parallel
+        accumulate = parallel.accumulate_window if parallel else accumulate_window
+        run_evaluate = parallel.evaluate if parallel else evaluate
+        write_checkpoint = parallel.save_checkpoint if parallel else save_checkpoint
+        params = [p for p in model.parameters() if p.requires_grad]
+        model.train()
+        started = time.perf_counter()
+        window_started = started
+        input_tokens = 0
+        tokens_since_log = 0
+        last_eval = None
+        cached_epoch, batches = None, []
 
-    def run_eval() -> dict | None:
-        if not has_val:
-            return None  # no validation split (--val-fraction 0 and none in the source)
-        result = run_evaluate(
-            model, val_batches, precision=precision, chunk=settings.loss_chunk, max_batches=settings.eval_batches
-        )
-        if state.best_eval_loss is None or result["loss"] < state.best_eval_loss:
-            state.best_eval_loss = result["loss"]
-        record = {
-            "kind": "eval",
-            "step": state.step,
-            "loss": result["loss"],
-            "ppl": result["ppl"],
-            "tokens": result["tokens"],
-        }
-        extra = generation_eval(model) if generation_eval is not None else {}
-        metrics.write({**record, **extra})
-        progress.message(
-            f"eval @ step {state.step}: loss {result['loss']:.4f}  ppl {result['ppl']:.2f}"
-            + "".join(f"  {k[4:]} {v:.3f}" for k, v in extra.items() if k in GEN_SHOWN)
-        )
-        return result
+        elapsed_before = state.elapsed
+        max_time_s = cfg.max_time * 60 if cfg.max_time else None
 
-    stopped_by = "done"
-    with StopRequest() as stop:
-        if state.step == 0 and settings.eval_every:
-            last_eval = run_eval()  # the starting point, so the falling loss can be seen
-        while state.step < settings.total_steps:
-            if cached_epoch != state.epoch:
-                batches, cached_epoch = epoch_batches(state.epoch), state.epoch
-                if not batches:
-                    raise TrainingError(
-                        "the training split produced no batches: use more data or a smaller --batch-size"
+        def save() -> str:
+            state.elapsed = elapsed_before + time.perf_counter() - started
+            path = write_checkpoint(
+                self.output_dir,
+                model=model,
+                optimizer=optimizer,
+                schedule=schedule,
+                scaler=scaler,
+                state=state,
+                rng=rng_state(),
+                adapter_config=self.adapter_config,
+                keep_last=cfg.keep_last,
+                run_config=self.run_config,
+            )
+            return str(path)
+
+        # Under torchrun a rank's validation shard can be empty while another's is not: all ranks must evaluate.
+        has_val = parallel.any_rank(bool(val_batches)) if parallel else bool(val_batches)
+
+        def run_eval() -> dict | None:
+            if not has_val:
+                return None  # no validation split (--val-fraction 0 and none in the source)
+            result = run_evaluate(
+                model, val_batches, precision=precision, chunk=cfg.loss_chunk, max_batches=cfg.eval_batches
+            )
+            if state.best_eval_loss is None or result["loss"] < state.best_eval_loss:
+                state.best_eval_loss = result["loss"]
+            record = {
+                "kind": "eval",
+                "step": state.step,
+                "loss": result["loss"],
+                "ppl": result["ppl"],
+                "tokens": result["tokens"],
+            }
+            extra = self.generation_eval(model) if self.generation_eval is not None else {}
+            metrics.write({**record, **extra})
+            progress.message(
+                f"eval @ step {state.step}: loss {result['loss']:.4f}  ppl {result['ppl']:.2f}"
+                + "".join(f"  {k[4:]} {v:.3f}" for k, v in extra.items() if k in GEN_SHOWN)
+            )
+            return result
+
+        stopped_by = "done"
+        with stop_after_step() as stop:
+            if state.step == 0 and cfg.eval_every:
+                last_eval = run_eval()  # the starting point, so the falling loss can be seen
+            while state.step < self.total_steps:
+                if cached_epoch != state.epoch:
+                    batches, cached_epoch = epoch_batches(state.epoch), state.epoch
+                    if not batches:
+                        raise TrainingError(
+                            "the training split produced no batches: use more data or a smaller --batch-size"
+                        )
+                if state.batch_index >= len(batches):
+                    state.epoch, state.batch_index = state.epoch + 1, 0
+                    continue
+                window = [
+                    to_device(b, precision.device)
+                    for b in batches[state.batch_index : state.batch_index + cfg.grad_accum]
+                ]
+                lr = schedule.get_last_lr()
+                loss, window_tokens = accumulate(
+                    model, window, precision=precision, scaler=scaler, chunk=cfg.loss_chunk
+                )
+                if not math.isfinite(loss):
+                    optimizer.zero_grad(set_to_none=True)
+                    where = (
+                        f"the last good checkpoint is {last_checkpoint}"
+                        if last_checkpoint
+                        else "no checkpoint had been saved yet"
                     )
-            if state.batch_index >= len(batches):
-                state.epoch, state.batch_index = state.epoch + 1, 0
-                continue
-            window = [
-                to_device(b, precision.device)
-                for b in batches[state.batch_index : state.batch_index + settings.grad_accum]
-            ]
-            lr = schedule.get_last_lr()
-            loss, window_tokens = accumulate(
-                model, window, precision=precision, scaler=scaler, chunk=settings.loss_chunk
-            )
-            if not math.isfinite(loss):
-                optimizer.zero_grad(set_to_none=True)
-                where = (
-                    f"the last good checkpoint is {last_checkpoint}"
-                    if last_checkpoint
-                    else "no checkpoint had been saved yet"
+                    raise TrainingError(
+                        f"training loss became {loss} at step {state.step + 1}; stopped before updating the weights "
+                        f"({where}); try a lower --lr, --precision fp32 or bf16, or check the data"
+                    )
+                grad_norm = optimizer_step(params, optimizer, scaler, cfg.max_grad_norm)
+                stop_if_weights_non_finite(model, state.step + 1, last_checkpoint)
+                schedule.step()
+                state.step += 1
+                state.batch_index += len(window)
+                state.tokens_seen += window_tokens
+                window_input = (
+                    parallel.window_input_tokens if parallel else sum(int(b["attention_mask"].sum()) for b in window)
                 )
-                raise TrainingError(
-                    f"training loss became {loss} at step {state.step + 1}; stopped before updating the weights "
-                    f"({where}); try a lower --lr, --precision fp32 or bf16, or check the data"
-                )
-            grad_norm = optimizer_step(params, optimizer, scaler, settings.max_grad_norm)
-            stop_if_weights_non_finite(model, state.step + 1, last_checkpoint)
-            schedule.step()
-            state.step += 1
-            state.batch_index += len(window)
-            state.tokens_seen += window_tokens
-            window_input = (
-                parallel.window_input_tokens if parallel else sum(int(b["attention_mask"].sum()) for b in window)
-            )
-            input_tokens += window_input
-            tokens_since_log += window_input
+                input_tokens += window_input
+                tokens_since_log += window_input
 
-            now = time.perf_counter()
-            if state.step % settings.log_every == 0 or state.step == settings.total_steps:
-                rate = tokens_since_log / max(now - window_started, 1e-9)
-                metrics.write(
-                    {
-                        "kind": "train",
-                        "step": state.step,
-                        "epoch": state.epoch,
-                        "loss": loss,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "target_tokens": window_tokens,
-                        "tokens_per_s": rate,
-                        "peak_mem_mb": peak_memory_mb(precision.device),
-                    }
-                )
-                progress.update(state.step, loss=loss, lr=lr, tokens_per_s=rate, force_line=True)
-                window_started, tokens_since_log = now, 0
-            if settings.eval_every and state.step % settings.eval_every == 0 and state.step < settings.total_steps:
+                now = time.perf_counter()
+                if state.step % cfg.log_every == 0 or state.step == self.total_steps:
+                    rate = tokens_since_log / max(now - window_started, 1e-9)
+                    metrics.write(
+                        {
+                            "kind": "train",
+                            "step": state.step,
+                            "epoch": state.epoch,
+                            "loss": loss,
+                            "lr": lr,
+                            "grad_norm": grad_norm,
+                            "target_tokens": window_tokens,
+                            "tokens_per_s": rate,
+                            "peak_mem_mb": peak_memory_mb(precision.device),
+                        }
+                    )
+                    progress.update(state.step, loss=loss, lr=lr, tokens_per_s=rate, force_line=True)
+                    window_started, tokens_since_log = now, 0
+                if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < self.total_steps:
+                    last_eval = run_eval()
+                time_up = max_time_s is not None and elapsed_before + (now - started) >= max_time_s
+                signal_name = stop.signal_name
+                if parallel:  # every rank stops after the same step
+                    signal_name, time_up = parallel.agree_on_stop(signal_name, time_up)
+                if signal_name or time_up:
+                    stopped_by = signal_name or "time"
+                    break
+                if cfg.save_every and state.step % cfg.save_every == 0 and state.step < self.total_steps:
+                    last_checkpoint = save()
+            if stopped_by in ("done", "time"):
                 last_eval = run_eval()
-            time_up = settings.max_time_s is not None and elapsed_before + (now - started) >= settings.max_time_s
-            signal_name = stop.signal_name
-            if parallel:  # every rank stops after the same step
-                signal_name, time_up = parallel.agree_on_stop(signal_name, time_up)
-            if signal_name or time_up:
-                stopped_by = signal_name or "time"
-                break
-            if settings.save_every and state.step % settings.save_every == 0 and state.step < settings.total_steps:
-                last_checkpoint = save()
-        if stopped_by in ("done", "time"):
-            last_eval = run_eval()
-        last_checkpoint = save()
-    progress.close()
-    return FitResult(
-        state=state,
-        stopped_by=stopped_by,
-        last_checkpoint=last_checkpoint,
-        train_seconds=time.perf_counter() - started,
-        input_tokens=input_tokens,
-        last_eval=last_eval,
-    )
+            last_checkpoint = save()
+        progress.close()
+        return FitResult(
+            state=state,
+            stopped_by=stopped_by,
+            last_checkpoint=last_checkpoint,
+            train_seconds=time.perf_counter() - started,
+            input_tokens=input_tokens,
+            last_eval=last_eval,
+        )

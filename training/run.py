@@ -11,9 +11,15 @@ from pathlib import Path
 
 import torch
 
-from lora_core import LoRAError
-from phi_models import HubError, PhiModelError
+import lora_core
+import phi_models
+from lora_core import LoRAError, atomic_write
+from lora_core.linear4bit import keep_standard_4bit_layout
+from phi_models import HubError, PhiConfig, PhiModelError
+from phi_models.source import resolve_source
+from philora import data
 from philora.data import IGNORE_INDEX, DataError
+from philora.deploy.checks import training_warnings
 from philora.training.checkpoint import (
     ADAPTER_FILE,
     CHECKPOINT_DIR,
@@ -28,29 +34,26 @@ from philora.training.config import TrainConfig, dump_config, flag_name, parse_c
 from philora.training.distributed import Distributed, open_distributed
 from philora.training.errors import TrainingError
 from philora.training.finite import check_finite_lora
+from philora.training.gen_eval import training_generation_eval
 from philora.training.guidance import empty_reply_note, session_summary, small_data_note
 from philora.training.limits import check_against_model
-from philora.training.loop import LoopSettings, fit
+from philora.training.loop import Trainer
 from philora.training.optim import build_optimizer
 from philora.training.oserrors import describe_os_error, disk_full_is_oserror
+from philora.training.plots import plot_summary_line
 from philora.training.precision import Precision, base_dtype, resolve_device, resolve_precision
 from philora.training.progress import METRICS_FILE, peak_memory_mb
 from philora.training.rng import seed_everything, set_rng_state
+from philora.training.run_record import build_record, write_run_peft_copy
 from philora.training.rundir import acquire_run_lock, clear_run, make_output_dir, release_run_locks, write_marker
 from philora.training.schedule import LRSchedule, warmup_steps_for
-from philora.training.signals import Terminated, sigterm_exits
+from philora.training.signals import EXIT_CODES, Terminated, sigterm_exits
 from philora.training.targets_check import check_targets, meta_model
 from philora.training.validate_state import check_against_run
 
 CONFIG_FILE = "train_config.yaml"
 FINAL_ADAPTER = "adapter.safetensors"
 RUN_FILES = (CONFIG_FILE, METRICS_FILE, FINAL_ADAPTER)
-
-# Default LoRA targets per model family: every attention and MLP projection (the tutorials' recipe).
-DEFAULT_TARGETS = {
-    "phi": ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
-    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
-}
 
 
 # Options a resume must repeat: they decide the model, the data and its batch order (epoch/batch_index
@@ -164,24 +167,18 @@ def prepare_output_dir(cfg: TrainConfig) -> Path:
     return out
 
 
-def resolve_targets(cfg: TrainConfig, model: torch.nn.Module | None) -> list[str]:
-    """--targets as a list, or the model family's default set."""
+def resolve_targets(cfg: TrainConfig, model_config: PhiConfig) -> list[str]:
+    """--targets as a list, or the architecture's default set (``phi_models.default_lora_targets``)."""
     if cfg.targets:
         names = [t.strip() for t in cfg.targets.split(",") if t.strip()]
         if not names:
             raise TrainingError(f"--targets {cfg.targets!r}: give comma-separated module names, e.g. q_proj,v_proj")
         return names
-    family = getattr(model.config, "model_type", "phi")
-    if family not in DEFAULT_TARGETS:
-        raise TrainingError(f"no default LoRA targets for model type {family!r}: pass --targets")
-    return list(DEFAULT_TARGETS[family])
+    return phi_models.default_lora_targets(model_config)
 
 
 def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Precision):
     """Tokenizer, prepared dataset and the (possibly 4-bit) base model."""
-    import phi_models
-    from philora import data
-
     tokenizer = phi_models.load_tokenizer(cfg.tokenizer or cfg.model, revision=None if cfg.tokenizer else cfg.revision)
     prepared = data.prepare(
         cfg.data,
@@ -204,32 +201,16 @@ def load_model_and_data(cfg: TrainConfig, device: torch.device, precision: Preci
     dtype = base_dtype(cfg.dtype, precision)
     model = phi_models.from_pretrained(cfg.model, dtype=dtype, device=device, quantize=quantize, revision=cfg.revision)
     if quantize is not None:
-        keep_4bit_weights_trainable(model)
+        keep_standard_4bit_layout(model)  # evaluation mid-training must not repack weights training needs
     return tokenizer, prepared, model
 
 
-def keep_4bit_weights_trainable(model: torch.nn.Module) -> None:
-    """Stop bitsandbytes from repacking 4-bit weights into its CPU inference layout.
-
-    On CPUs with AVX512-BF16, a Linear4bit evaluated in eval mode without grad converts its weight
-    to an inference-only packing; the next training forward then takes a path with no backward
-    and fails. Evaluation in the middle of training must not do that.
-    """
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
-def add_lora(cfg: TrainConfig, model: torch.nn.Module) -> tuple[list[str], dict]:
-    """Inject LoRA (fp32 factors, base frozen) into the targets; returns them and the adapter config."""
-    import lora_core
-
+def add_lora(cfg: TrainConfig, model: torch.nn.Module, targets: list[str]) -> tuple[list[str], dict]:
+    """Inject LoRA (fp32 factors, base frozen) into ``targets``, or attach --adapter; returns the targets
+    (the adapter's layers with --adapter) and the adapter config."""
     if cfg.adapter:  # continue training an adapter (ours or PEFT's): its layout replaces --targets/--lora-r
-        from phi_models.adapters import attach_adapter
-
-        config = attach_adapter(model, cfg.adapter, lora_dropout=cfg.lora_dropout)
+        config = phi_models.attach_adapter(model, cfg.adapter, lora_dropout=cfg.lora_dropout)
         return list(config.get("adapted") or config["targets"]), dict(model.lora_core_config, base_model=cfg.model)
-    targets = resolve_targets(cfg, model)
     # inject's freeze_base (the default) freezes all but the LoRA factors, biases too (loralib's bias='none').
     lora_core.inject(model, targets=targets, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
     # inject records everything needed to rebuild the adapter; add where the base came from.
@@ -243,8 +224,6 @@ def validation_batches(
 
     Under torchrun each rank gets its share, all of them kept (evaluation has no per-batch collective under DDP).
     """
-    from philora import data
-
     return data.make_batches(
         examples,
         batch_size=cfg.eval_batch_size,
@@ -274,9 +253,6 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
 
     ``dist`` is this process's place in a torchrun launch (default: a single process).
     """
-    import lora_core
-    from philora import data
-
     dist = dist or Distributed()
     device = dist.device or resolve_device(cfg.device)
     precision = Precision(resolve_precision(cfg.precision, device), device)
@@ -285,19 +261,23 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
     out = dist.run_on_main(lambda: prepare_output_dir(cfg))
     resume_from = dist.run_on_main(lambda: resolve_resume(cfg.resume, out)) if cfg.resume else None
 
-    payload = None
-    if resume_from is not None:  # check the options before the (slow) loading
-        payload = load_training_state(resume_from)
-        check_resume_config(resume_from, *dist.resume_view(payload, locked_config(cfg)))
-
+    # The targets and the options a resume must repeat are checked before the (slow) loading:
+    # config.json alone names the architecture, hence the default targets.
+    model_config = resolve_source(cfg.model, cfg.revision).config()
+    targets = resolve_targets(cfg, model_config)
     if cfg.targets:  # a typo in --targets is reported before the data is tokenized
-        check_targets(resolve_targets(cfg, None), meta_model(cfg.model, cfg.revision))
+        check_targets(targets, meta_model(model_config))
+    payload = None
+    if resume_from is not None:  # --targets given or not, what counts is the resolved list
+        payload = load_training_state(resume_from)
+        current = locked_config(cfg, None if cfg.adapter else targets)  # --adapter: its layers, checked below
+        check_resume_config(resume_from, *dist.resume_view(payload, current))
     seed_everything(cfg.seed)
     tokenizer, prepared, model = load_model_and_data(cfg, device, precision)
     check_against_model(cfg, model.config)  # positions and width; before LoRA and any training
     say(str(prepared.report))
-    targets, adapter_config = add_lora(cfg, model)
-    if payload is not None:  # --targets given or not, what counts is the resolved list
+    targets, adapter_config = add_lora(cfg, model, targets)
+    if payload is not None and cfg.adapter:  # the adapter's layers are known only once it is attached
         check_resume_config(resume_from, payload.get("run_config"), {"targets": ",".join(targets)})
     if cfg.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
@@ -372,9 +352,6 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
         say(note)
     start_step = state.step
 
-    from lora_core import atomic_write
-    from philora.training.run_record import build_record
-
     record = build_record(
         cfg,
         model=model,
@@ -400,25 +377,9 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
     if dist.is_main:
         atomic_write(out / CONFIG_FILE, lambda p: Path(p).write_text(resolved, encoding="utf-8"))
 
-    settings = LoopSettings(
-        total_steps=total_steps,
-        grad_accum=cfg.grad_accum,
-        max_grad_norm=cfg.max_grad_norm,
-        loss_chunk=cfg.loss_chunk,
-        log_every=cfg.log_every,
-        eval_every=cfg.eval_every,
-        eval_batches=cfg.eval_batches,
-        save_every=cfg.save_every,
-        keep_last=cfg.keep_last,
-        max_time_s=cfg.max_time * 60 if cfg.max_time else None,
-        adapter_config=adapter_config,
-        run_config=locked_config(cfg, targets),
-    )
     metrics = dist.metrics_log(out, resume_step=state.step if resume_from is not None else None)
     generation_eval = None
     if cfg.eval_generate:
-        from philora.training.gen_eval import training_generation_eval
-
         generation_eval = training_generation_eval(
             tokenizer,
             prepared.val,
@@ -434,24 +395,29 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
         f"{len(first_epoch)} batches/epoch{dist.describe()}, batch {cfg.batch_size} x accum "
         f"{cfg.grad_accum}, lr {cfg.lr:g} ({cfg.schedule})"
     )
+    trainer = Trainer(
+        cfg,
+        total_steps,
+        model,
+        optimizer,
+        schedule,
+        scaler,
+        precision,
+        state,
+        str(out),
+        adapter_config=adapter_config,
+        run_config=locked_config(cfg, targets),
+        generation_eval=generation_eval,
+        parallel=dist if dist.active else None,
+    )
     existing = list_checkpoints(out)
     try:
-        result = fit(
-            model,
-            epoch_batches=lambda e: first_epoch if e == 0 else epoch_batches(e),
-            val_batches=val_batches,
-            optimizer=optimizer,
-            schedule=schedule,
-            scaler=scaler,
-            precision=precision,
-            settings=settings,
-            state=state,
-            output_dir=str(out),
+        result = trainer.fit(
+            lambda e: first_epoch if e == 0 else epoch_batches(e),
+            val_batches,
             metrics=metrics,
             progress=progress,
             last_checkpoint=str(existing[-1]) if existing else None,
-            generation_eval=generation_eval,
-            parallel=dist if dist.active else None,
         )
     finally:
         metrics.close()
@@ -461,24 +427,18 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
             f"{result.stopped_by} received: checkpoint saved to {result.last_checkpoint} at step {state.step}; "
             f"continue with --resume latest --output-dir {out}"
         )
-        return 130 if result.stopped_by == "SIGINT" else 143
+        return EXIT_CODES[result.stopped_by]
 
     adapter_path = out / FINAL_ADAPTER
     with dist.gathered_lora(model) as writes:  # FSDP: the shards joined; only rank 0 writes
         if writes:
             with disk_full_is_oserror(adapter_path):
                 lora_core.save_adapter(model, adapter_path, config=adapter_config)
-            from philora.training.run_record import write_run_peft_copy
-
             write_run_peft_copy(model, out, record, say)
     dist.barrier()
     print_summary(result, adapter_path, device, start_step)
     if dist.is_main:
-        from philora.training.plots import plot_summary_line
-
         say(plot_summary_line(out))
-        from philora.deploy.checks import training_warnings
-
         for line in training_warnings(out):  # what peft / vLLM / llama.cpp / Ollama would refuse, said now
             say(line)
     if cfg.sample_tokens:
@@ -536,8 +496,6 @@ def sample_prompt_for(cfg: TrainConfig, tokenizer, prepared) -> list[int]:
     """Token ids of the sample prompt: --sample-prompt as a user turn in the run's template (raw text for
     plain-text data), else the prompt part of the first validation example."""
     if cfg.sample_prompt:
-        from philora import data
-
         if prepared.report.shape == "text":
             return tokenizer.encode(cfg.sample_prompt)
         return tokenizer.encode(
@@ -554,8 +512,6 @@ def sample_prompt_for(cfg: TrainConfig, tokenizer, prepared) -> list[int]:
 
 def print_sample(cfg: TrainConfig, model, tokenizer, prepared, precision: Precision) -> None:
     """Generate a short greedy continuation and print it."""
-    import phi_models
-
     prompt_ids = sample_prompt_for(cfg, tokenizer, prepared)
     with precision.autocast():
         (new_ids,) = phi_models.generate(
@@ -572,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     # The packages' own error classes carry messages written for the user: print them, no traceback.
     errors = (TrainingError, LoRAError, PhiModelError, HubError, DataError)
     try:
-        # Installed before any loading: inside fit(), StopRequest takes SIGTERM over to checkpoint first.
+        # Installed before any loading; during the training steps the loop's handler takes SIGTERM over.
         with sigterm_exits():
             cfg = parse_config(argv)
             with open_distributed(cfg) as dist:  # a single process unless started by torchrun
@@ -585,14 +541,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:  # Ctrl-C before training started, or a second one while stopping
         print("interrupted", file=sys.stderr, flush=True)
-        return 130
+        return EXIT_CODES["SIGINT"]
     except Terminated as stop:
-        print(
-            "terminated by SIGTERM outside the training steps (while loading or finishing); "
-            "checkpoints already written are complete",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(stop.message, file=sys.stderr, flush=True)
         return stop.code
     finally:
         release_run_locks()

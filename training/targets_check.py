@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from phi_models import PhiConfig, PhiForCausalLM
 from philora.training.errors import TrainingError
 from philora.training.guidance import did_you_mean
 
@@ -31,14 +32,8 @@ def short_names(names: list[str]) -> list[str]:
     return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name in names))
 
 
-def meta_model(model_name: str, revision: str | None = None) -> nn.Module:
-    """The model's module tree without weights (config.json only)."""
-    from phi_models import PhiConfig, PhiForCausalLM
-    from phi_models.presets import tiny_config
-    from phi_models.source import resolve_source
-
-    source = resolve_source(model_name, revision)
-    config = tiny_config() if source.kind == "tiny" else PhiConfig.from_file(source.file("config.json"))
+def meta_model(config: PhiConfig) -> nn.Module:
+    """The module tree of a model with ``config`` (``ModelSource.config()``), on the meta device: no weights."""
     with torch.device("meta"):
         return PhiForCausalLM(config)
 

@@ -1,7 +1,7 @@
 """Regenerate the bundled sample datasets and the tiny tokenizer.
 
-Run ``python -m data.samples.make_samples`` from the repository root. Every file
-in ``data/samples/`` except this script is written by it, deterministically
+Run ``python -m philora.data.samples.make_samples``. Every file in ``data/samples/``
+except this script, and the tiny model's tokenizer, are written by it, deterministically
 (fixed seed), in the on-disk schema of the real source:
 
 - ``roleplay/data/train-00000-of-00001.parquet``: hieunguyenminh/roleplay
@@ -13,8 +13,8 @@ in ``data/samples/`` except this script is written by it, deterministically
   message rows (full column set) forming ranked trees
 - ``local/*``: one small file per local shape (messages, prompt/completion, alpaca,
   sharegpt, text)
-- ``tokenizer.json``: a byte-level BPE trained on all of the above, with Phi's
-  special tokens
+- ``phi_models/assets/tiny/tokenizer.json`` (the ``tiny`` model's tokenizer, owned by
+  phi_models): a byte-level BPE trained on all of the above, with Phi's special tokens
 
 All content is synthetic, written for this project.
 """
@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lora_core import atomic_write
+from phi_models.presets import tiny_tokenizer_path
 
 SAMPLES = Path(__file__).resolve().parent
 SEED = 1234
@@ -574,8 +575,7 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def _local_files(rng: random.Random) -> list[str]:
-    local = SAMPLES / "local"
+def _local_files(rng: random.Random, local: Path) -> list[str]:
     system = "You are a concise, friendly assistant."
     messages = [
         {
@@ -657,7 +657,7 @@ TEMPLATE_WORDS = [
 ]
 
 
-def _train_tokenizer(corpus: list[str], vocab_size: int = 2048) -> None:
+def _train_tokenizer(corpus: list[str], path: Path, vocab_size: int = 2048) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -673,17 +673,18 @@ def _train_tokenizer(corpus: list[str], vocab_size: int = 2048) -> None:
     )
     tokenizer.train_from_iterator(corpus + TEMPLATE_WORDS * 20, trainer=trainer)
     assert tokenizer.get_vocab_size() <= vocab_size, tokenizer.get_vocab_size()
-    atomic_write(SAMPLES / "tokenizer.json", lambda tmp: tokenizer.save(tmp))
+    atomic_write(path, lambda tmp: tokenizer.save(tmp))
 
 
-def main() -> None:
-    """Write every bundled sample file and the tokenizer."""
+def main(samples: Path = SAMPLES, tokenizer: Path | None = None) -> None:
+    """Write every bundled sample file under ``samples`` and the tiny tokenizer to ``tokenizer``
+    (default: where phi_models ships it)."""
     rng = random.Random(SEED)
     corpus: list[str] = []
 
     rows = _roleplay_rows(rng)
     _write_parquet(
-        SAMPLES / "roleplay" / "data" / "train-00000-of-00001.parquet",
+        samples / "roleplay" / "data" / "train-00000-of-00001.parquet",
         pa.Table.from_pylist(
             rows, schema=pa.schema([("name", pa.string()), ("description", pa.string()), ("text", pa.string())])
         ),
@@ -693,7 +694,7 @@ def main() -> None:
     for split, count in (("train", 48), ("val", 8), ("test", 8)):
         dialogs = dict(_tweetsumm_dialog(rng, split, i) for i in range(1, count + 1))
         _write_json(
-            SAMPLES / "tweetsumm" / "dialogue_summarization" / "TweetSumm" / split / "dialogues_1.json", dialogs
+            samples / "tweetsumm" / "dialogue_summarization" / "TweetSumm" / split / "dialogues_1.json", dialogs
         )
         for d in dialogs.values():
             corpus += [t["user utterance"] + "\n" + t["system response"] for t in d["log"]]
@@ -704,11 +705,11 @@ def main() -> None:
         ("validation", "validation-00000-of-00001-134b8fd0c89408b6.parquet", 1),
     ):
         messages = _oasst_rows(rng, trees, split)
-        _write_parquet(SAMPLES / "oasst1" / "data" / name, _oasst_table(messages))
+        _write_parquet(samples / "oasst1" / "data" / name, _oasst_table(messages))
         corpus += [m["text"] for m in messages]
 
-    corpus += _local_files(rng)
-    _train_tokenizer(corpus)
+    corpus += _local_files(rng, samples / "local")
+    _train_tokenizer(corpus, tokenizer or tiny_tokenizer_path(must_exist=False))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from philora.data.conversation import Conversation
 
@@ -23,4 +23,3 @@ class SourceData:
     val: list[Conversation] | None = None
     records: int = 0
     filtered: int = 0
-    notes: dict = field(default_factory=dict)

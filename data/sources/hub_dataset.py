@@ -119,5 +119,4 @@ def load_hub_dataset(
         train=train,
         val=val,
         records=len(train) + (len(val) if val else 0),
-        notes={"files": by_split[wanted], "split": wanted},
     )

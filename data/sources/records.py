@@ -10,7 +10,6 @@ from pathlib import Path
 from philora.data.errors import DataError
 from philora.data.limits import MAX_EXPANSION, MAX_JSON_FILE_BYTES, MAX_LINE_CHARS, PARQUET_BATCH_ROWS, expansion_limit
 
-FORMATS = ("jsonl", "json", "parquet", "csv", "tsv")
 SUFFIXES = (
     (".jsonl", "jsonl"),
     (".ndjson", "jsonl"),

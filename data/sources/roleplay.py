@@ -34,7 +34,7 @@ def parse_roleplay_text(text: str, description: str, where: str) -> Conversation
     messages = [Message(role, content.strip()) for role, content in zip(pieces[1::2], pieces[2::2])]
     if messages[0].role != "system" and description and description.strip():
         messages.insert(0, Message("system", description.strip()))
-    return make_conversation(messages, where, {"name": None})
+    return make_conversation(messages, where)
 
 
 def load_roleplay(files: list[Path], name: str = "roleplay") -> SourceData:
@@ -43,7 +43,5 @@ def load_roleplay(files: list[Path], name: str = "roleplay") -> SourceData:
     for path in files:
         for where, record in read_records(path):
             require_fields(record, ("text",), where)
-            conversation = parse_roleplay_text(record["text"], record.get("description") or "", where)
-            conversation.meta["name"] = record.get("name")
-            conversations.append(conversation)
+            conversations.append(parse_roleplay_text(record["text"], record.get("description") or "", where))
     return SourceData(name=name, kind="roleplay", train=conversations, records=len(conversations))

@@ -14,7 +14,6 @@ from philora.data.sources.records import read_records, require_fields
 
 REPO_ID = "Salesforce/dialogstudio"
 FOLDER = "dialogue_summarization/TweetSumm"
-SPLITS = {"train": "train", "val": "val", "test": "test"}
 SYSTEM_PROMPT = "Below is a conversation between a human and an AI agent. Write a summary of the conversation."
 
 # The tutorial's four substitutions, in its order: links, @mentions, whitespace runs, ^XY sign-offs.

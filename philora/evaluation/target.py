@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from lora_core.linear4bit import keep_standard_4bit_layout
 from philora.evaluation.errors import EvalError
 from philora.training.config import FIELDS, TrainConfig, coerce
 from philora.training.precision import Precision, base_dtype, resolve_device, resolve_precision
@@ -69,9 +70,7 @@ def load_target(
     dtype = None if keep_run_dtype else base_dtype(settings.dtype, mode)
     loaded = load_for_inference(target, adapter=adapter, dtype=dtype, device=str(resolved_device))
     if run is not None and run.quantize is not None:
-        from philora.training.run import keep_4bit_weights_trainable
-
-        keep_4bit_weights_trainable(loaded.model)  # the same 4-bit kernels as training's own evaluation
+        keep_standard_4bit_layout(loaded.model)  # the same 4-bit kernels as training's own evaluation
     used = adapter or (str(run.adapter_file) if run is not None else None)
     return EvalTarget(
         model=loaded.model,

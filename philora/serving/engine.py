@@ -18,7 +18,6 @@ import collections
 import contextlib
 import itertools
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -54,7 +53,6 @@ class Job:
     output_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     cancelled: bool = False
-    submitted_at: float = field(default_factory=time.perf_counter)
     stream: TextStream | None = None
     generator: torch.Generator | None = None
 

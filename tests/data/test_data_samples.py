@@ -9,6 +9,7 @@ import random
 import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
+from phi_models.presets import tiny_tokenizer_path
 from philora.data.samples import make_samples
 from philora.data.sources.registry import SAMPLES_DIR
 
@@ -58,7 +59,7 @@ def test_tweetsumm_and_oasst1_samples_have_the_real_fields():
 
 
 def test_tiny_tokenizer_special_tokens_and_size():
-    tok = Tokenizer.from_file(str(SAMPLES_DIR / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(tiny_tokenizer_path()))
     assert tok.get_vocab_size() <= 2048
     text = "<|system|>\nHi<|end|>\n<|user|>\nYo<|end|>\n<|assistant|>\nHey<|end|>\n<|endoftext|>"
     ids = tok.encode(text, add_special_tokens=False).ids
@@ -66,3 +67,14 @@ def test_tiny_tokenizer_special_tokens_and_size():
         assert tok.token_to_id(special) in ids, special
     assert tok.decode(ids, skip_special_tokens=False) == text  # byte-level: exact round trip
     assert tok.decode(tok.encode("naïve café ✓").ids) == "naïve café ✓"
+
+
+def test_make_samples_regenerates_every_bundled_file_byte_for_byte(tmp_path):
+    make_samples.main(tmp_path / "samples", tmp_path / "tokenizer.json")
+    bundled = sorted(p.relative_to(SAMPLES_DIR) for p in SAMPLES_DIR.rglob("*") if p.is_file())
+    bundled = [p for p in bundled if p.suffix != ".py" and "__pycache__" not in p.parts]
+    written = sorted(p.relative_to(tmp_path / "samples") for p in (tmp_path / "samples").rglob("*") if p.is_file())
+    assert written == bundled
+    for relative in bundled:
+        assert (tmp_path / "samples" / relative).read_bytes() == (SAMPLES_DIR / relative).read_bytes(), relative
+    assert (tmp_path / "tokenizer.json").read_bytes() == tiny_tokenizer_path().read_bytes()

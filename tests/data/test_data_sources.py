@@ -49,7 +49,6 @@ def test_roleplay_parquet_parses_turns_and_strips_zephyr_ends(tmp_path):
         Message("user", "Who are you?"),
         Message("assistant", "A knight."),
     )
-    assert data.train[0].meta["name"] == "Bob"
 
 
 def test_tweetsumm_clean_text_follows_the_tutorial():

@@ -10,7 +10,7 @@ import torch.nn as nn
 import lora_core as lora
 
 
-def _quantized_model(quant_type="nf4", double_quant=True, compute_dtype=torch.float32, fused=False):
+def _quantized_model(quant_type="nf4", double_quant=True, compute_dtype=torch.float32, fused=False, device="cpu"):
     torch.manual_seed(0)
     dense = nn.Sequential(nn.Linear(64, 48), nn.GELU(), nn.Linear(48, 32))
     quantized = nn.Sequential(
@@ -19,7 +19,7 @@ def _quantized_model(quant_type="nf4", double_quant=True, compute_dtype=torch.fl
         bnb.nn.Linear4bit(48, 32, compute_dtype=compute_dtype, quant_type=quant_type, compress_statistics=double_quant),
     )
     quantized.load_state_dict(dense.state_dict())
-    quantized.to("cpu")  # quantizes
+    quantized.to(device)  # quantizes
     if fused:
         quantized[0].lora_slices = {"q_proj": 32, "k_proj": 8, "v_proj": 8}
     return dense, quantized
@@ -45,6 +45,26 @@ def test_forward_backward_train_on_cpu(quant_type, double_quant):
     assert losses[-1] < losses[0]
     assert torch.equal(model[0].weight.data, packed)  # the quantized weight stays frozen
     assert not model[0].weight.requires_grad
+
+
+@pytest.mark.gpu
+def test_nf4_lora_trains_on_cuda():
+    _, model = _quantized_model(compute_dtype=torch.bfloat16, fused=True, device="cuda")
+    assert model[0].weight.device.type == "cuda" and model[0].weight.dtype == torch.uint8
+    packed = model[2].weight.data.clone()
+    assert lora.inject(model, ["q_proj", "v_proj", "2"], r=4, lora_alpha=8) == ["q_proj", "v_proj", "2"]
+    assert model[0].lora_A.device.type == "cuda" and model[0].lora_A.dtype == torch.float32
+    x, target = torch.randn(8, 64, device="cuda"), torch.randn(8, 32, device="cuda")
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(10):
+        loss = (model(x.bfloat16()).float() - target).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert torch.equal(model[2].weight.data, packed)  # the quantized weight stays frozen
 
 
 def test_bf16_compute_and_slices():
@@ -162,3 +182,37 @@ def dequantize(layer):
     from bitsandbytes.functional import dequantize_4bit
 
     return dequantize_4bit(layer.weight.data, layer.weight.quant_state).clone()
+
+
+def test_adapted_4bit_model_deepcopies_and_merges_alone():
+    import copy
+
+    _, model = _quantized_model(fused=True)
+    lora.inject(model, ["q_proj", "2"], r=2)
+    with torch.no_grad():
+        model[0].lora_B.normal_()
+    twin = copy.deepcopy(model)
+    assert type(twin[0]) is type(model[0]) and twin[0].weight is not model[0].weight
+    x = torch.randn(2, 64)
+    expected = model(x).detach()
+    with pytest.warns(UserWarning, match="re-quantizes"):
+        lora.merge(twin)
+    lora.unmerge(twin)
+    assert torch.equal(twin(x), expected) and torch.equal(model(x), expected)
+
+
+def test_4bit_classes_without_bitsandbytes_raise_lora_error(monkeypatch):
+    import importlib.util
+    import sys
+
+    from lora_core import quantized
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if bitsandbytes were not installed
+    spec = importlib.util.spec_from_file_location("quantized_without_bnb", quantized.__file__)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in ("LoRALinear4bit", "LoRAMergedLinear4bit", "LoRALinearNF4", "LoRAMergedLinearFP4"):
+        with pytest.raises(lora.LoRAError, match="install bitsandbytes"):
+            getattr(module, name)(64, 32)
+    with pytest.raises(lora.LoRAError, match="not a bitsandbytes Linear4bit"):
+        module.lora_class_for(nn.Linear, fused=False)

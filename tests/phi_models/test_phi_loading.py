@@ -303,3 +303,9 @@ def test_unreachable_hub_window_expires(monkeypatch):
     # That cache-only miss did not extend the window: once it is over, the hub is tried again.
     assert fetch_at(1000.0 + hub.UNREACHABLE_FOR + 1) is False
     assert fetch_at(1000.0 + hub.UNREACHABLE_FOR + 2) is True  # and the new failure opens a new one
+
+
+def test_sliding_window_mode_override_is_validated_like_the_config():
+    assert phi_models.from_pretrained("tiny", sliding_window_mode="w").config.sliding_window_mode == "w"
+    with pytest.raises(PhiModelError, match="sliding_window_mode 'both' must be one of"):
+        phi_models.from_pretrained("tiny", sliding_window_mode="both")

@@ -63,3 +63,22 @@ def test_inject_on_phi3_slices_and_4bit(tmp_path):
     model.train()
     _train_step(model, 64)
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
+
+
+@pytest.mark.parametrize("model_type", ["phi", "phi3"])
+def test_default_targets_adapt_every_attention_and_mlp_projection(model_type):
+    config = phi_models.PhiConfig(
+        model_type=model_type, vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4,
+    )  # fmt: skip
+    targets = phi_models.default_lora_targets(config)
+    assert targets == phi_models.default_lora_targets(model_type)
+    adapted = lora_core.inject(phi_models.PhiForCausalLM(config), targets, r=2, lora_alpha=2)
+    layer0 = sorted(name.rsplit(".", 1)[-1] for name in adapted if name.startswith("model.layers.0."))
+    assert layer0 == sorted(targets)  # each default names a layer (or a fused slice) of every block
+    assert len(adapted) == len(targets) * config.num_hidden_layers
+
+
+def test_no_default_targets_for_an_unknown_architecture():
+    with pytest.raises(phi_models.PhiModelError, match="no default LoRA targets for model type 'llama'"):
+        phi_models.default_lora_targets("llama")

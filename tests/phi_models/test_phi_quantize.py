@@ -56,6 +56,22 @@ def test_4bit_logits_within_quantization_error(phi2_dir, quant_type):
         assert kernel_error <= 0.1 * (out - ref).abs().max().item()
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_4bit_on_cuda_logits_within_quantization_error(phi2_dir, quant_type):
+    import bitsandbytes as bnb
+
+    dense = phi_models.from_pretrained(phi2_dir, device="cuda")
+    quant = phi_models.from_pretrained(phi2_dir, quantize=quant_type, device="cuda")
+    qkv = quant.model.layers[0].self_attn.qkv_proj
+    assert isinstance(qkv, bnb.nn.Linear4bit) and qkv.weight.device.type == "cuda"
+    assert qkv.weight.dtype == torch.uint8 and qkv.weight.quant_state.absmax.device.type == "cuda"
+    with torch.no_grad():
+        ref, out = dense(_ids().cuda()), quant(_ids().cuda())
+    relative = ((out - ref).norm() / ref.norm()).item()
+    assert 0.0 < relative <= RELATIVE_BOUND[quant_type]
+
+
 def test_4bit_keeps_embedding_head_norms_and_biases_dense(phi2_dir):
     import bitsandbytes as bnb
 

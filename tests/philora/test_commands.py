@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import lora_core
+from lora_core.linear4bit import keep_standard_4bit_layout
 from philora.cli import main
 from philora.model_card import parse_front_matter
 from philora.runs import load_for_inference
@@ -159,7 +160,5 @@ def test_merge_of_a_qlora_run_dequantizes_and_reports_the_difference(tmp_path, c
         warnings.simplefilter("ignore")
         merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
     four_bit = load_for_inference(run, device="cpu").model  # what was trained: 4-bit base + adapter
-    for module in four_bit.modules():  # bitsandbytes' CPU inference repacking computes in bf16; training did not
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
+    keep_standard_4bit_layout(four_bit)  # bitsandbytes' CPU inference repacking computes in bf16; training did not
     assert (_logits(merged) - _logits(four_bit)).abs().max() < 1e-4

@@ -264,3 +264,42 @@ def test_resume_view_keeps_the_global_batch():
         four.resume_view(payload, {"grad_accum": 1, "batch_size": 2})
     same = Distributed(rank=0, world_size=2)
     assert same.resume_view(payload, {"grad_accum": 2}) == (payload["run_config"], {"grad_accum": 2})
+
+
+# nccl on two GPUs (one rank per device): what the gloo tests above check, with the CUDA collectives.
+two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="nccl DDP and FSDP2 need 2 CUDA devices")
+CUDA_STEPS = ["--device", "cuda", "--max-steps", "6", "--save-every", "3"]
+
+
+@pytest.mark.gpu
+@two_gpus
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_nccl_two_processes_equal_one_with_the_same_global_batch(tmp_path, capsys, mode):
+    single = tmp_path / "single"
+    assert main([*ARGS, *CUDA_STEPS, "--output-dir", str(single), "--grad-accum", "2"]) == 0
+    capsys.readouterr()
+    out = tmp_path / mode
+    result = _torchrun(out, *CUDA_STEPS, *(["--fsdp"] if mode == "fsdp" else []))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"2 processes ({'FSDP2' if mode == 'fsdp' else 'DDP'}, nccl)" in result.stdout
+    assert _max_difference(out / "adapter.safetensors", single / "adapter.safetensors") <= TOLERANCE
+
+
+@pytest.mark.gpu
+@two_gpus
+def test_nccl_fsdp2_resumes_exactly_and_trains_in_bf16(tmp_path):
+    out = tmp_path / "fsdp"
+    result = _torchrun(out, *CUDA_STEPS, "--fsdp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Resume from the step-3 checkpoint (what came after it dropped) and finish: the same adapter.
+    resumed = tmp_path / "fsdp-resumed"
+    shutil.copytree(out, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000006")
+    (resumed / "adapter.safetensors").unlink()
+    result = _torchrun(resumed, *CUDA_STEPS, "--fsdp", "--resume", "latest")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _max_difference(resumed / "adapter.safetensors", out / "adapter.safetensors") <= TOLERANCE
+    bf16 = tmp_path / "fsdp-bf16"
+    result = _torchrun(bf16, *CUDA_STEPS, "--fsdp", "--precision", "bf16")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (bf16 / "adapter.safetensors").is_file()

@@ -129,3 +129,49 @@ def test_fp16_on_cpu_is_refused():
         resolve_precision("fp16", torch.device("cpu"))
     assert resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+
+
+def _on(device, batch):
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+@pytest.mark.gpu
+def test_fp16_grad_scaler_on_cuda_steps_and_skips_overflow():
+    cuda = torch.device("cuda")
+    rows = _rows()
+    loss32, _ = accumulate_window(ToyLM().to(cuda), [_on(cuda, _batch(rows))], precision=Precision("fp32", cuda))
+    precision = Precision("fp16", cuda)
+    scaler = precision.make_scaler()
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
+    model = ToyLM().to(cuda)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.1)
+    loss16, _ = accumulate_window(model, [_on(cuda, _batch(rows))], precision=precision, scaler=scaler)
+    assert loss16 == pytest.approx(loss32, rel=1e-2)
+    before = [p.detach().clone() for p in params]
+    scale = scaler.get_scale()
+    assert math.isfinite(optimizer_step(params, opt, scaler, 1.0))
+    assert all(not torch.equal(a, p) for a, p in zip(before, params))  # finite grads: the step is taken
+    assert scaler.get_scale() == scale
+    # An overflowing gradient: the scaler skips the step and halves its scale.
+    accumulate_window(model, [_on(cuda, _batch(rows))], precision=precision, scaler=scaler)
+    params[0].grad.fill_(float("inf"))
+    before = [p.detach().clone() for p in params]
+    optimizer_step(params, opt, scaler, 1.0)
+    assert all(torch.equal(a, p) for a, p in zip(before, params))
+    assert scaler.get_scale() == scale / 2
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_on_cuda_runs_bf16_matmuls_close_to_fp32():
+    cuda = torch.device("cuda")
+    rows = _rows()
+    precision = Precision("bf16", cuda)
+    assert precision.make_scaler() is None
+    model = ToyLM().to(cuda)
+    with precision.autocast():
+        assert model.adapter(torch.randn(2, D, device=cuda)).dtype == torch.bfloat16
+    loss32, _ = accumulate_window(ToyLM().to(cuda), [_on(cuda, _batch(rows))], precision=Precision("fp32", cuda))
+    loss16, _ = accumulate_window(model, [_on(cuda, _batch(rows))], precision=precision)
+    assert loss16 == pytest.approx(loss32, rel=3e-2)
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters() if p.requires_grad)

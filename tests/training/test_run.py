@@ -167,6 +167,27 @@ def test_quantized_and_bf16_runs_train(tmp_path, extra):
     assert (out / "adapter.safetensors").is_file()
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--precision", "fp16"],
+        ["--precision", "bf16"],
+        ["--quantize", "nf4", "--precision", "bf16"],
+    ],
+    ids=["fp16-grad-scaler", "bf16-autocast", "nf4"],
+)
+def test_runs_train_on_cuda(tmp_path, extra):
+    out = tmp_path / "run"
+    assert _run(out, "--device", "cuda", "--max-steps", "8", "--eval-every", "8", "--save-every", "8", *extra) == 0
+    evals = _records(out, "eval")
+    assert evals[-1]["loss"] < evals[0]["loss"] - 0.3
+    assert (out / "adapter.safetensors").is_file()
+    scaler = load_training_state(list_checkpoints(out)[-1])["scaler"]
+    assert (scaler is not None) == ("fp16" in extra)  # the grad scaler's state is saved for resuming
+    assert all(r["peak_mem_mb"] > 0 for r in _records(out, "train"))
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     real = loop_module.micro_batch_loss
     calls = {"n": 0}
