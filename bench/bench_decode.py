@@ -17,14 +17,16 @@ several adapters on one base); ``merged`` folds it into the base (``lora_core.me
 Tokens/s counts new tokens only, batch x N / the wall time of one ``generate`` call (its prefill of the short
 prompt included), after one untimed call of ``--warmup-tokens`` tokens at the same batch size. The bound is
 what reading memory allows: bytes one decoding step reads / the bandwidth ``harness.memory_bandwidth()``
-measures in every worker of this run (median), times the batch. The bytes counted: every weight of the
-checkpoint but the embedding table (the layers, final norm and lm_head, in the run's dtype; a step gathers
-only B rows of the embedding), the LoRA factors in fp32 when unmerged (both stacks keep them in fp32), and
-the KV cache at the mean context of the run (prompt + (N - 1) / 2 positions). Activations are left out.
+measures in every worker of this run (median; the GPU's on ``--device cuda``), times the batch. The bytes
+counted: every weight of the checkpoint but the embedding table (the layers, final norm and lm_head, in the
+run's dtype; a step gathers only B rows of the embedding), the LoRA factors in fp32 when unmerged (both
+stacks keep them in fp32), and the KV cache at the mean context of the run (prompt + (N - 1) / 2
+positions). Activations are left out.
 Each side runs in its own process per round, sides alternating, median over ``--rounds``. Not a test.
 
     python bench/bench_decode.py [--shape phi-2 --layers 4 --dtype bfloat16 --batches 1,8 --new-tokens 64]
     python bench/bench_decode.py --shape phi-2-tiny --layers 2 --rounds 1 --new-tokens 16   # a quick sanity run
+    python bench/bench_decode.py --shape phi-2 --layers 32 --batch 1 --device cuda          # bench/gpu_check.sh
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shape", default="phi-2", choices=sorted(harness.SHAPES))
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    p.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    p.add_argument("--batches", "--batch", default="1,8", help="comma-separated batch sizes")
     p.add_argument("--modes", default=",".join(MODES), help="adapter modes: lora (unmerged), merged")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -59,9 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--r", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
     p.add_argument("--rounds", type=int, default=3, help="runs per side, alternating; the table shows medians")
-    p.add_argument("--keep", help="write the checkpoint, adapter and prompts here (kept) instead of a temp dir")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--keep", type=Path, help="keep the checkpoint under this folder and reuse it (harness.checkpoint)")
     p.add_argument("--worker", choices=sorted(SIDES), help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.batch_sizes = [int(b) for b in args.batches.split(",")]
     args.mode_list = [m for m in args.modes.split(",") if m]
@@ -105,9 +109,9 @@ def tensor_bytes(path: Path, skip: str | None = None) -> int:
     return total
 
 
-def step_bytes(directory: Path, args, spec: dict) -> dict:
+def step_bytes(checkpoint: Path, directory: Path, args, spec: dict) -> dict:
     """Bytes one decoding step reads: base weights (no embedding table), LoRA factors, KV cache per row."""
-    base = sum(tensor_bytes(path, EMBEDDING) for path in (directory / "model").glob("*.safetensors"))
+    base = sum(tensor_bytes(path, EMBEDDING) for path in checkpoint.glob("*.safetensors"))
     lora = tensor_bytes(directory / "adapter" / "adapter_model.safetensors")  # fp32 on both sides
     element = 2 if args.dtype == "bfloat16" else 4
     head_dim = spec["hidden"] // spec["heads"]
@@ -145,11 +149,12 @@ def table(args, spec: dict, sizes: dict, results: dict[str, list[dict]]) -> str:
     head = (
         f"{args.shape} width ({spec['hidden']}), {args.layers} layers, vocab {spec['vocab']}, {args.dtype}; "
         f"PEFT LoRA r={args.r} alpha={args.alpha:g} on {','.join(harness.TARGETS[spec['family']])}; greedy, "
-        f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens per row; median of {args.rounds} round(s)\n"
+        f"prompt {args.prompt_len} tokens, {args.new_tokens} new tokens per row; median of {args.rounds} round(s); "
+        f"{args.device}\n"
         f"bound = batch x bandwidth / bytes read per step; bandwidth {bandwidth / 1e9:.1f} GB/s (sum over 1 GiB, "
         f"measured in each worker); bytes = weights but the embedding table, + fp32 LoRA factors when unmerged, "
         f"+ KV cache at the mean context. Greedy ids of row 0 (first mode and batch) agree for "
-        f"the first {agree} of {len(first[0])} tokens\n{harness.machine_line()}\n"
+        f"the first {agree} of {len(first[0])} tokens\n{harness.machine_line()}\n\n"
     )
     headers = [
         "adapter",
@@ -169,18 +174,23 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
         return worker(args)
-    with tempfile.TemporaryDirectory(prefix="bench_decode_") as tmp:
-        directory = Path(args.keep or tmp)
-        directory.mkdir(parents=True, exist_ok=True)
-        spec = harness.write_checkpoint(directory / "model", args.shape, args.layers, dtype=args.dtype)
-        write_adapter(directory / "adapter", directory / "model", spec["family"], args)
-        import torch
+    import torch
+
+    spec = harness.SHAPES[args.shape]
+    with (
+        harness.checkpoint(args.shape, args.layers, args.dtype, keep=args.keep) as checkpoint,
+        tempfile.TemporaryDirectory(prefix="bench_decode_") as tmp,
+    ):
+        directory = Path(tmp)
+        write_adapter(directory / "adapter", checkpoint, spec["family"], args)
 
         generator = torch.Generator().manual_seed(2)
         prompts = torch.randint(0, spec["vocab"], (max(args.batch_sizes), args.prompt_len), generator=generator)
         (directory / "prompts.json").write_text(json.dumps(prompts.tolist()))
         options = dict(
             dir=directory,
+            model=checkpoint,
+            device=args.device,
             dtype=args.dtype,
             batches=args.batches,
             modes=args.modes,
@@ -189,18 +199,19 @@ def main(argv=None) -> None:
         )
         sides = {side: harness.worker_argv(__file__, side, **options) for side in SIDES}
         results = harness.alternate(sides, args.rounds)
-        print(table(args, spec, step_bytes(directory, args, spec), results))
+        print(table(args, spec, step_bytes(checkpoint, directory, args, spec), results))
 
 
 # ---------------------------------------------------------------------------- workers
 
 
-def load_philora(directory: Path, dtype):
+def load_philora(args, dtype):
     """The model as ``philora generate --adapter`` loads it, and its generate(prompts, n) and merge()."""
     import lora_core
     import phi_models
 
-    model = phi_models.from_pretrained(str(directory / "model"), dtype=dtype)
+    directory = Path(args.dir)
+    model = phi_models.from_pretrained(args.model, dtype=dtype, device=args.device)
     phi_models.attach_adapter(model, directory / "adapter")
     model.eval()
 
@@ -213,14 +224,14 @@ def load_philora(directory: Path, dtype):
     return generate, merge
 
 
-def load_hf(directory: Path, dtype):
+def load_hf(args, dtype):
     """transformers + PeftModel.from_pretrained, and its generate(prompts, n) and merge_and_unload()."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(str(directory / "model"), dtype=dtype)
-    holder = {"model": PeftModel.from_pretrained(base, str(directory / "adapter"))}  # merge() replaces it
+    base = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(args.device)
+    holder = {"model": PeftModel.from_pretrained(base, str(Path(args.dir) / "adapter"))}  # merge() replaces it
     holder["model"].eval()
 
     def generate(prompts, n: int) -> list[list[int]]:
@@ -244,9 +255,9 @@ def worker(args) -> None:
     import torch
 
     directory = Path(args.dir)
-    prompts = torch.tensor(json.loads((directory / "prompts.json").read_text()), dtype=torch.long)
-    generate, merge = (load_philora if args.worker == "philora" else load_hf)(directory, getattr(torch, args.dtype))
-    bandwidth = harness.memory_bandwidth()
+    prompts = torch.tensor(json.loads((directory / "prompts.json").read_text()), dtype=torch.long).to(args.device)
+    generate, merge = (load_philora if args.worker == "philora" else load_hf)(args, getattr(torch, args.dtype))
+    bandwidth = harness.memory_bandwidth(args.device)
     tokens_per_s, first_ids = {}, None
     with torch.no_grad():
         for mode in args.mode_list:
@@ -255,8 +266,9 @@ def worker(args) -> None:
             for batch in args.batch_sizes:
                 rows = prompts[:batch]
                 generate(rows, args.warmup_tokens)
+                harness.sync(args.device)
                 start = time.perf_counter()
-                new = generate(rows, args.new_tokens)
+                new = generate(rows, args.new_tokens)  # host lists: the device has finished
                 tokens_per_s[f"{mode}_b{batch}"] = batch * args.new_tokens / (time.perf_counter() - start)
                 first_ids = first_ids or new[0]
     harness.emit({"tokens_per_s": tokens_per_s, "bandwidth": bandwidth, "first_ids": first_ids})

@@ -62,7 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=32.0)
     p.add_argument("--dropout", type=float, default=0.05)
     p.add_argument("--rounds", type=int, default=3, help="runs per side, alternating; the table shows medians")
-    p.add_argument("--keep", help="write the checkpoint and examples here (kept) instead of a temp dir")
+    p.add_argument("--keep", type=Path, help="keep the checkpoint under this folder and reuse it (harness.checkpoint)")
     p.add_argument("--worker", choices=sorted(SIDES), help=argparse.SUPPRESS)
     p.add_argument("--dir", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -71,13 +71,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------- parent
 
 
-def prepare_work(args, directory: Path) -> dict:
-    """The checkpoint, the examples and train.py's settings, written to ``directory`` for both workers."""
+def prepare_work(args, checkpoint: Path, directory: Path) -> dict:
+    """The examples and train.py's settings for ``checkpoint``, written to ``directory`` for both workers."""
     import phi_models
     from philora import data
     from philora.training.config import TrainConfig
 
-    spec = harness.write_checkpoint(directory / "model", args.shape, args.layers)
+    spec = harness.SHAPES[args.shape]
     cfg = TrainConfig(lora_r=args.r, lora_alpha=args.alpha, lora_dropout=args.dropout)
     if cfg.schedule != "cosine" or cfg.optimizer != "adamw" or cfg.grad_accum != 1:
         sys.exit("bench_epoch mirrors train.py's cosine AdamW without accumulation; update the hf side first")
@@ -91,6 +91,7 @@ def prepare_work(args, directory: Path) -> dict:
         sys.exit(f"--tokenizer {args.tokenizer} gives id {largest}, outside the {args.shape} vocab ({spec['vocab']})")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     work = {
+        "model": str(checkpoint),
         "family": spec["family"],
         "config": dataclasses.asdict(cfg),
         "pad_id": pad_id,
@@ -142,7 +143,7 @@ def table(args, work: dict, results: dict[str, list[dict]]) -> str:
         f"batch {cfg['batch_size']}\n"
         f"data {args.data} ({work['template']} template, tokenizer {args.tokenizer}): {len(lengths)} examples, "
         f"{sum(lengths):,} tokens, {min(lengths)}-{max(lengths)} per example; one epoch, median of {args.rounds} "
-        f"round(s)\n{harness.machine_line()}\n"
+        f"round(s)\n{harness.machine_line()}\n\n"
     )
     headers = ["side", "epoch s", "tokens/s", "optimizer steps", "pad share", "final loss", "val loss", "peak MiB"]
     return head + harness.markdown_table(headers, rows)
@@ -152,12 +153,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
         return (run_philora if args.worker == "philora" else run_hf)(Path(args.dir))
-    with tempfile.TemporaryDirectory(prefix="bench_epoch_") as tmp:
-        directory = Path(args.keep or tmp)
-        directory.mkdir(parents=True, exist_ok=True)
-        work = prepare_work(args, directory)
-        sides = {side: harness.worker_argv(__file__, side, dir=directory) for side in SIDES}
-        print(table(args, work, harness.alternate(sides, args.rounds)))
+    with harness.checkpoint(args.shape, args.layers, keep=args.keep) as checkpoint:
+        with tempfile.TemporaryDirectory(prefix="bench_epoch_") as tmp:
+            work = prepare_work(args, checkpoint, Path(tmp))
+            sides = {side: harness.worker_argv(__file__, side, dir=tmp) for side in SIDES}
+            results = harness.alternate(sides, args.rounds)
+        print(table(args, work, results))
 
 
 # ---------------------------------------------------------------------------- workers
@@ -201,7 +202,7 @@ def run_philora(directory: Path) -> None:
     from philora.training.optim import build_optimizer
     from philora.training.precision import Precision
     from philora.training.rng import seed_everything
-    from philora.training.run import add_lora, plan_steps, validation_batches
+    from philora.training.run import add_lora, plan_steps, resolve_targets, validation_batches
     from philora.training.schedule import LRSchedule, warmup_steps_for
 
     work = load_work(directory)
@@ -211,8 +212,8 @@ def run_philora(directory: Path) -> None:
     device = torch.device("cpu")
     precision = Precision("bf16", device)
     seed_everything(cfg.seed)
-    model = phi_models.from_pretrained(str(directory / "model"), dtype=torch.bfloat16, device=device)
-    add_lora(cfg, model)
+    model = phi_models.from_pretrained(work["model"], dtype=torch.bfloat16, device=device)
+    add_lora(cfg, model, resolve_targets(cfg, model.config))
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
 
@@ -308,7 +309,7 @@ def run_hf(directory: Path) -> None:
     cfg = work["config"]
     train, pad_id = work["train"], work["pad_id"]
     torch.manual_seed(cfg["seed"])
-    model = AutoModelForCausalLM.from_pretrained(str(directory / "model"), dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(work["model"], dtype=torch.bfloat16)
     lora = LoraConfig(
         r=cfg["lora_r"],
         lora_alpha=cfg["lora_alpha"],
