@@ -63,8 +63,8 @@ def collate(rows: list[list[Example]], pad_id: int, pad_to_multiple: int = 1) ->
     """Lay out rows of examples (one or more per row) as a right-padded batch.
 
     The width is rounded up to ``pad_to_multiple``: CPU bf16 attention keeps per-shape state, so
-    a run over ever-changing lengths grows its memory with every new length (1.4 GB after 40 steps
-    of the tiny model versus 0.55 GB with lengths rounded to 64), and GPUs prefer such lengths too.
+    a run over ever-changing lengths grows its memory with every new length (docs/performance.md),
+    and GPUs prefer such lengths too.
     Padding positions are inert by the batch contract (attention 0, document 0, target -100).
     """
     width = max(sum(len(e) for e in row) for row in rows)

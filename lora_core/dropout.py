@@ -1,11 +1,10 @@
 """LoRA input dropout with an optional cheaper CPU mask.
 
 On CPU, ``nn.Dropout`` draws its mask with ``bernoulli_``: one Mersenne-Twister draw plus a float
-transform per element, ~15% of a bf16 LoRA training step at width 1024 on 2 cores. With
+transform per element, a visible share of a CPU LoRA step. With
 ``fast_mask`` the mask comes from 64-bit random integers split into two 32-bit halves, each
-compared with an integer threshold: no float transform (2-3x faster per mask at widths 1024-4096,
-2 cores; a default-range int64 draw with per-half thresholds measured only ~10% faster still and
-was not worth the extra code). Semantics stay those of ``nn.Dropout`` (independent per element,
+compared with an integer threshold: no float transform (figures in docs/performance.md).
+Semantics stay those of ``nn.Dropout`` (independent per element,
 kept values scaled by 1/(1-p)); the drop probability is resolved to 2**-32, finer than
 ``bernoulli_``'s 24-bit float uniform. Draws come from torch's default CPU generator, so
 ``torch.manual_seed`` and RNG-state checkpoints reproduce masks exactly; only the particular mask

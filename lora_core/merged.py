@@ -49,9 +49,7 @@ class MergedLinear(LoRALayer, nn.Linear):
     (r*n_enabled wide), then each slice's rank-r group through its own B_g, joined by torch.cat
     with zero blocks for disabled slices. It builds neither the full delta-W nor block_lora_B's
     mostly-zero (out, r*n) matrix (merging only; one matmul with it does ~n_enabled times the
-    B-side FLOPs). LoRA-path forward+backward, in 3072 -> slices 3072/1024/1024, r 16, 1024 tokens,
-    2 CPU threads, median, block matrix -> per slice: fp32 20.4 -> 16.5 ms (q+v only 16.5 -> 13.9),
-    bf16 5.2 -> 5.1 ms (q+v 4.4 -> 4.4): faster in fp32, a tie in bf16.
+    B-side FLOPs). Measured against the block matrix in docs/performance.md.
     """
 
     def __init__(

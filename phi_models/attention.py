@@ -117,7 +117,7 @@ class FusedQKVAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         if self.upcast_scores and _would_run_in_fp16(q, k, v):
-            # phi-2's q.k^T overflows fp16 (phi-architecture.md §10.1): score and softmax in fp32.
+            # phi-2's q.k^T overflows fp16 (docs/architecture.md, "phi-2 in fp16"): score and softmax in fp32.
             # Autocast disabled for this call, or SDPA (on its lower-precision list) would cast back.
             with torch.autocast(q.device.type, enabled=False):
                 out = self._sdpa(q.float(), k.float(), v.float(), mask).to(torch.float16)

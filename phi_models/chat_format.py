@@ -1,6 +1,6 @@
 """The exact Phi chat templates, rendered as Segments so loss masks come from the same text.
 
-Formats (phi-architecture.md §9):
+Formats (docs/architecture.md, "Chat formats"):
   phi3       ``<|{role}|>\\n{content}<|end|>\\n`` ... generation prompt ``<|assistant|>\\n``
   phi3.5     as phi3, but a system message with empty content is left out
   phi4-mini  ``<|{role}|>{content}<|end|>`` (no newlines); a system message with ``tools`` renders

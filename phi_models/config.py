@@ -1,6 +1,6 @@
 """PhiConfig: one dataclass for every Phi variant, parsed from any config.json we meet.
 
-Three config.json dialects exist (phi-architecture.md §2): HF-native ``phi``,
+Three config.json dialects exist (docs/architecture.md, "Config dialects"): HF-native ``phi``,
 legacy remote-code ``phi-msft`` and ``phi3`` (Phi-3, 3.5, 4-mini, phi-4). On top
 of that transformers 5 writes rope settings under ``rope_parameters`` while
 older files use top-level ``rope_theta`` / ``partial_rotary_factor`` and a
@@ -94,7 +94,7 @@ class PhiConfig:
                 f"num_key_value_heads {self.num_key_value_heads}"
             )
         if self.partial_rotary_factor is None:
-            # transformers' backward-compatible defaults (phi-architecture.md §2.5)
+            # transformers' backward-compatible defaults (docs/architecture.md, "Config dialects")
             self.partial_rotary_factor = 0.5 if self.model_type == "phi" else 1.0
         if self.hidden_act is None:
             self.hidden_act = "gelu_new" if self.model_type == "phi" else "silu"
@@ -135,7 +135,7 @@ class PhiConfig:
 
     @property
     def longrope_attention_factor(self) -> float:
-        """Scale LongRoPE puts on cos and sin (1.0 for plain RoPE), per phi-architecture.md §4.2."""
+        """Scale LongRoPE puts on cos and sin (1.0 for plain RoPE), per docs/architecture.md, "LongRoPE"."""
         if self.rope_type != "longrope":
             return 1.0
         if self.rope_attention_factor is not None:

@@ -4,7 +4,7 @@ Our tree equals transformers' except that phi-1.5/2 q/k/v live in one fused
 ``self_attn.qkv_proj``. HF-native phi checkpoints store q/k/v separately: each maps
 to a *slot* of the fused tensor, and the loader concatenates the slots once all
 three have arrived. Legacy ``Wqkv`` tensors are already [Q | K | V] and map whole
-(no per-head permutation: phi-architecture.md §7.5).
+(no per-head permutation: docs/architecture.md, "Legacy checkpoint layouts").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Exact Phi chat templates (phi-architecture.md §9 examples) and their Segment targets."""
+"""Exact Phi chat templates (docs/architecture.md, "Chat formats") and their Segment targets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""PhiConfig parsing of the three config.json dialects (phi-architecture.md §2.5)."""
+"""PhiConfig parsing of the three config.json dialects (docs/architecture.md, "Config dialects")."""
 
 from __future__ import annotations
 
