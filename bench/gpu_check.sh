@@ -137,7 +137,7 @@ train() { # train SHAPE DTYPE
 }
 decode() { # decode SHAPE BATCH
 	piece "decode $1 batch $2" 120 "$PY" bench/bench_decode.py --shape "$1" --layers "$LAYERS" --batch "$2" \
-		--device cuda
+		--device cuda --rounds "$ROUNDS"
 	BENCHES+=("$LAST_LOG")
 }
 train phi-2 bf16
