@@ -193,8 +193,10 @@ class _Filler:
         full = self.expected[name]
         return (rows, *full[1:])
 
-    def add(self, key: str, handle, shard: Path) -> None:
-        """Check, read and place checkpoint tensor ``key`` from an open safetensors ``handle``."""
+    def add(self, key: str, handle, copier, shard: Path) -> None:
+        """Check, read and place checkpoint tensor ``key`` of a shard open twice: ``handle`` memory-maps it
+        (a tensor kept as stored stays a view of the file), ``copier`` reads bytes into new memory (every
+        tensor that is cast, fused or quantized, so no file page it touched stays mapped)."""
         target = map_key(key, self.config)
         if target is None:
             return
@@ -206,7 +208,7 @@ class _Filler:
                 f"{shard}: unexpected tensor '{key}': not part of a {self.config.model_type} model with "
                 f"{self.config.num_hidden_layers} layers as config.json describes"
             )
-        stored = handle.get_slice(key)
+        stored = copier.get_slice(key)
         shape = tuple(stored.get_shape())
         want = self.slot_shape(name, target.slot) if target.slot else self.expected[name]
         if shape != want:
@@ -217,7 +219,7 @@ class _Filler:
                 f"({', '.join(_SAFETENSORS_FLOATS)}), an integer tensor would be cast to meaningless weights"
             )
         if target.slot is None and name not in self.quantized_weights:
-            self.place(name, self.read_dense(handle, key, stored, shape))
+            self.place(name, self.read_dense(handle, copier, key, stored, shape))
             return
         if target.slot is None:  # a whole quantized weight: stream its rows into the quantizer
             module = self.model.get_submodule(name.rpartition(".")[0])
@@ -226,7 +228,7 @@ class _Filler:
             self.after_quantize(name)
             return
         # One q/k/v piece of an HF-native phi layer: held until the other two arrive.
-        tensor = handle.get_tensor(key)
+        tensor = copier.get_tensor(key)
         pieces = self.pending.setdefault(name, {})
         pieces[target.slot] = tensor
         if len(pieces) == len(QKV_SLOTS):
@@ -240,15 +242,17 @@ class _Filler:
             else:
                 self.place(name, torch.cat(ordered, dim=0))
 
-    def read_dense(self, handle, key: str, stored, shape: tuple[int, ...]) -> torch.Tensor:
+    def read_dense(self, handle, copier, key: str, stored, shape: tuple[int, ...]) -> torch.Tensor:
         """Read a tensor straight into its final dtype/device; big conversions go in row chunks
         so a whole second copy (e.g. fp16 and bf16 of the embedding) never exists at once."""
         same = _SAFETENSORS_DTYPES.get(stored.get_dtype()) == self.dtype and self.device.type == "cpu"
         numel = 1
         for size in shape:
             numel *= size
-        if same or not shape or numel * 4 <= _CHUNK_BYTES:
-            return handle.get_tensor(key).to(device=self.device, dtype=self.dtype)
+        if same:
+            return handle.get_tensor(key)  # a view of the mapped file: pages become resident when first read
+        if not shape or numel * 4 <= _CHUNK_BYTES:
+            return copier.get_tensor(key).to(device=self.device, dtype=self.dtype)
         out = torch.empty(shape, dtype=self.dtype, device=self.device)
         step = max(1, _CHUNK_BYTES // (4 * (numel // shape[0])))
         for start in range(0, shape[0], step):
@@ -294,9 +298,24 @@ def _fill(
     for shard in checkpoint_shards(source):
         try:
             handle = safe_open(str(shard), framework="pt", device="cpu")
+            copier = _copying_handle(shard)
         except Exception as err:
             raise PhiModelError(f"{shard}: not a readable safetensors file ({err})") from None
-        with handle as f:
-            for key in f.keys():
-                filler.add(key, f, shard)
+        with handle, copier:
+            for key in handle.keys():
+                filler.add(key, handle, copier, shard)
     filler.finish(source.name)
+    release_freed_memory()  # the q/k/v pieces and cast temporaries
+
+
+def _copying_handle(shard: Path):
+    """The shard opened to read with pread(2) (safetensors >= 0.8), else memory-mapped like the first handle.
+
+    A memory-mapped read leaves every page it touched resident for as long as the mapping lives, and the
+    mapping lives as long as any tensor kept as a view of it: pieces that are only copied from would count
+    twice in the process's memory.
+    """
+    try:
+        return safe_open(str(shard), framework="pt", device="cpu", backend="pread")
+    except TypeError:  # an older safetensors without the backend keyword
+        return safe_open(str(shard), framework="pt", device="cpu")
