@@ -2,11 +2,11 @@
 
 On CPU, ``nn.Dropout`` draws its mask with ``bernoulli_``: one Mersenne-Twister draw plus a float
 transform per element, a visible share of a CPU LoRA step. With
-``fast_mask`` the mask comes from 64-bit random integers split into two 32-bit halves, each
-compared with an integer threshold: no float transform (figures in docs/performance.md).
-Semantics stay those of ``nn.Dropout`` (independent per element,
-kept values scaled by 1/(1-p)); the drop probability is resolved to 2**-32, finer than
-``bernoulli_``'s 24-bit float uniform. Draws come from torch's default CPU generator, so
+``fast_mask`` the mask comes from 64-bit random integers split into four 16-bit quarters, each
+compared with an integer threshold: no float transform, a quarter of the draws (figures in
+docs/performance.md). Semantics stay those of ``nn.Dropout`` (independent per element, kept values
+scaled by 1/(1-p)); the drop probability is resolved to 2**-16 (p = 0.05 drops with probability
+0.050003). Draws come from torch's default CPU generator, so
 ``torch.manual_seed`` and RNG-state checkpoints reproduce masks exactly; only the particular mask
 for a given seed differs from ``nn.Dropout``'s. That is why it is opt-in: layers built with the
 loralib constructors (``lora.Linear(..., lora_dropout=0.1)``) keep ``nn.Dropout``'s masks and so
@@ -23,16 +23,16 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
     """Boolean CPU mask of `shape`, each element True (kept) with probability 1 - p, independently.
 
-    One int64 draw, uniform over (nearly) all 2**64 values, gives two independent uniform int32
-    halves; a half is kept when it is >= INT32_MIN + round(p * 2**32).
+    One int64 draw, uniform over (nearly) all 2**64 values, gives four independent uniform int16
+    quarters; a quarter is kept when it is >= INT16_MIN + round(p * 2**16) (so p < 1 keeps some).
     """
     n = 1
     for size in shape:
         n *= size
     # random_(from, to) samples [from, to): the full signed range bar one value (2**-64 bias).
-    bits = torch.empty((n + 1) // 2, dtype=torch.int64).random_(_INT64_MIN, _INT64_MAX)
-    halves = bits.view(torch.int32)[:n].view(shape)  # (ceil(n/2),) int64 -> (n,) int32 -> shape
-    return halves >= -(2**31) + round(p * 2**32)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(_INT64_MIN, _INT64_MAX)
+    quarters = bits.view(torch.int16)[:n].view(shape)  # (ceil(n/4),) int64 -> (n,) int16 -> shape
+    return quarters >= -(2**15) + min(round(p * 2**16), 2**16 - 1)
 
 
 def _zero_dropped(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -50,7 +50,15 @@ class LoRADropout(nn.Dropout):
         self.fast_mask = fast_mask
 
     def _fast(self, x: torch.Tensor) -> bool:
-        return self.fast_mask and self.training and self.p > 0.0 and not self.inplace and x.device.type == "cpu"
+        # Under torch.compile the compiler's own fused dropout beats an eager mask (and traces).
+        return (
+            self.fast_mask
+            and self.training
+            and self.p > 0.0
+            and not self.inplace
+            and x.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fast(x):
