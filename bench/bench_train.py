@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--r", type=int, default=16)
     p.add_argument("--alpha", type=float, default=32.0)
     p.add_argument("--dropout", type=float, default=0.05)
+    p.add_argument("--compile", action="store_true", help="philora: torch.compile each layer (--compile)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", choices=["philora", "hf"], help="run one side only")
     p.add_argument("--profile", action="store_true", help="after the table, torch.profiler's op table of one step")
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def worker_options(args) -> dict:
     keys = ("shape", "layers", "dtype", "loss_path", "batch", "seq", "prompt_fraction", "warmup", "steps")
-    keys += ("r", "alpha", "dropout", "device", "dir")
+    keys += ("r", "alpha", "dropout", "device", "dir", "compile")
     return {key: getattr(args, key) for key in keys}
 
 
@@ -159,6 +160,8 @@ def build_philora(args, directory: Path, family: str):
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
+    if args.compile:
+        model.compile_layers()  # compiled during the untimed warm-up steps
     return model.train()
 
 

@@ -89,11 +89,15 @@ def directory_mib(directory: Path) -> float:
 
 
 def worker_argv(script: str, worker: str, **options) -> list[str]:
-    """The command line that runs ``script`` as ``worker`` with ``--key value`` options (None values left out)."""
+    """The command line that runs ``script`` as ``worker`` with ``--key value`` options (None and False left
+    out, True as a bare ``--key`` flag)."""
     argv = [sys.executable, script, "--worker", worker]
     for key, value in options.items():
-        if value is not None:
-            argv += [f"--{key.replace('_', '-')}", str(value)]
+        flag = f"--{key.replace('_', '-')}"
+        if value is True:
+            argv.append(flag)
+        elif value is not None and value is not False:
+            argv += [flag, str(value)]
     return argv
 
 

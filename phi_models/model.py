@@ -60,6 +60,12 @@ class PhiForCausalLM(nn.Module):
         """Recompute each layer in backward (non-reentrant; works with a frozen base)."""
         self.gradient_checkpointing = bool(enabled)
 
+    def compile_layers(self, **options) -> None:
+        """``torch.compile`` each decoder layer in place (``options`` go to it); names and state_dict keys
+        stay the same. The first steps of each new input shape pay the compilation."""
+        for layer in self.model.layers:
+            layer.compile(**options)
+
     @torch.no_grad()
     def init_weights(self, seed: int = 0) -> None:
         """Deterministic random init (normal(0, 0.02) weights, zero biases, unit norms)."""

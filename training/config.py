@@ -232,6 +232,13 @@ class TrainConfig:
     gradient_checkpointing: bool = _opt(
         False, "recompute layer activations in backward to save memory", kind=bool, group="hw"
     )
+    compile: bool = _opt(
+        False,
+        "compile each decoder layer with torch.compile (inductor; on CPU it needs a C compiler). Off by "
+        "default because eager measured faster on CPU (README, Performance); the first steps pay the compilation",
+        kind=bool,
+        group="hw",
+    )
     pad_multiple: int = _opt(
         64,
         "right-pad batches to a multiple of this many tokens (bounds per-shape kernel memory; 1: off)",
@@ -483,6 +490,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.limit is not None and cfg.limit < 1:
         raise TrainingError(f"--limit must be >= 1, got {cfg.limit}")
     check_option_bounds(cfg)
+    if cfg.compile and cfg.fsdp:
+        raise TrainingError("--compile is not supported together with --fsdp yet; drop one of them")
     if cfg.eval_generate and cfg.train_on_prompt:
         raise TrainingError(
             "--eval-generate needs masked prompts to generate from, and --train-on-prompt makes every "

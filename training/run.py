@@ -281,6 +281,8 @@ def run(cfg: TrainConfig, dist: Distributed | None = None) -> int:
         check_resume_config(resume_from, payload.get("run_config"), {"targets": ",".join(targets)})
     if cfg.gradient_checkpointing:
         model.set_gradient_checkpointing(True)
+    if cfg.compile:
+        model.compile_layers()
     lora_core.print_trainable_parameters(model)
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

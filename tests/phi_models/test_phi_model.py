@@ -205,3 +205,35 @@ def test_bad_call_arguments(tiny):
         tiny(_ids(1, 4), position_ids=torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(PhiModelError, match="outside \\[0, 2048\\)"):
         tiny(torch.tensor([[5, 4000]]))
+
+
+def test_compiled_layers_give_the_eager_loss_and_lora_grads():
+    import lora_core
+    from philora.training.loss import chunked_lm_loss
+
+    def loss_and_grads(compiled: bool):
+        model = phi_models.from_pretrained("tiny")  # eval mode: no dropout, so both runs are deterministic
+        torch.manual_seed(0)  # the same lora_A in both runs
+        lora_core.inject(model, targets=["qkv_proj", "dense", "fc1", "fc2"], r=4, lora_alpha=8)
+        lora_core.mark_only_lora_as_trainable(model)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:  # non-zero B, so every factor gets a gradient
+                p.data.normal_(0, 0.02, generator=torch.Generator().manual_seed(len(name)))
+        if compiled:
+            model.compile_layers()
+        ids = _ids(2, 16, seed=5)
+        documents = torch.tensor([[0] * 6 + [1] * 10, [0] * 16])  # a packed row: the boolean-mask path
+        targets = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], 1)
+        loss = chunked_lm_loss(model.lm_head, model.hidden_states(ids, document_ids=documents), targets)
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    try:
+        (eager_loss, eager), (compiled_loss, compiled) = loss_and_grads(False), loss_and_grads(True)
+    finally:
+        torch._dynamo.reset()
+    assert compiled.keys() == eager.keys() and len(eager) == 2 * 4 * 4  # A and B of 4 linears in 4 layers
+    assert torch.allclose(compiled_loss, eager_loss, rtol=1e-5)
+    for name, grad in eager.items():
+        assert grad.abs().sum() > 0, name
+        assert torch.allclose(compiled[name], grad, rtol=1e-4, atol=1e-6), name

@@ -133,3 +133,10 @@ def test_bundled_example_configs_parse():
     for path in configs:
         cfg = parse_config(["--config", str(path)])
         assert cfg.model and cfg.data and cfg.output_dir
+
+
+def test_compile_is_off_by_default_and_refused_with_fsdp():
+    assert parse_config(["--model", "tiny", "--data", "roleplay"]).compile is False
+    assert parse_config(["--model", "tiny", "--data", "roleplay", "--compile"]).compile is True
+    with pytest.raises(TrainingError, match="--compile is not supported together with --fsdp"):
+        parse_config(["--model", "tiny", "--data", "roleplay", "--compile", "--fsdp"])
