@@ -256,7 +256,8 @@ class _Filler:
         out = torch.empty(shape, dtype=self.dtype, device=self.device)
         step = max(1, _CHUNK_BYTES // (4 * (numel // shape[0])))
         for start in range(0, shape[0], step):
-            out[start : start + step].copy_(stored[start : start + step])
+            stop = min(start + step, shape[0])  # the pread backend refuses a slice past the end
+            out[start:stop].copy_(stored[start:stop])
         return out
 
     def place(self, name: str, tensor: torch.Tensor) -> None:

@@ -123,6 +123,19 @@ def test_dtype_argument(saved_hf):
     assert _logits(model).dtype == torch.bfloat16
 
 
+def test_cast_in_row_chunks_equals_a_whole_cast(saved_hf, monkeypatch):
+    """A cast too big for one read goes in row chunks; the last chunk is short (a slice past the end fails)."""
+    from phi_models import loading
+
+    hf, directory = saved_hf("phi-2")
+    whole = phi_models.from_pretrained(directory, dtype="bf16")
+    monkeypatch.setattr(loading, "_CHUNK_BYTES", 7 * 4 * hf.config.hidden_size)  # 7 rows of most tensors
+    chunked = phi_models.from_pretrained(directory, dtype="bf16")
+    assert hf.config.vocab_size % 7 and hf.config.intermediate_size % 7  # a short last chunk
+    for (name, a), (_, b) in zip(whole.state_dict().items(), chunked.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_hub_repo_from_offline_cache(saved_hf, tmp_path, monkeypatch):
     import huggingface_hub.constants as hub_constants
 
