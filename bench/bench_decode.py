@@ -123,6 +123,7 @@ def step_bytes(checkpoint: Path, directory: Path, args, spec: dict) -> dict:
 def table(args, spec: dict, sizes: dict, results: dict[str, list[dict]]) -> str:
     """One markdown table: both sides' medians per (mode, batch), their ratio and the bandwidth bound."""
     bandwidth = statistics.median(r["bandwidth"] for runs in results.values() for r in runs)
+    matvec = statistics.median(r["matvec_bandwidth"] for runs in results.values() for r in runs)
     rows = []
     for mode in args.mode_list:
         for batch in args.batch_sizes:
@@ -131,6 +132,7 @@ def table(args, spec: dict, sizes: dict, results: dict[str, list[dict]]) -> str:
             theirs = statistics.median(r["tokens_per_s"][key] for r in results["hf"])
             read = sizes["base"] + (sizes["lora"] if mode == "lora" else 0) + batch * sizes["kv_per_row"]
             bound = batch * bandwidth / read
+            matvec_bound = batch * matvec / read
             rows.append(
                 [
                     "unmerged LoRA" if mode == "lora" else "merged",
@@ -142,6 +144,8 @@ def table(args, spec: dict, sizes: dict, results: dict[str, list[dict]]) -> str:
                     f"{bound:,.1f}",
                     f"{ours / bound:.0%}",
                     f"{theirs / bound:.0%}",
+                    f"{matvec_bound:,.1f}",
+                    f"{ours / matvec_bound:.0%}",
                 ]
             )
     first = [r["first_ids"] for r in (results["philora"][0], results["hf"][0])]
@@ -153,7 +157,9 @@ def table(args, spec: dict, sizes: dict, results: dict[str, list[dict]]) -> str:
         f"{args.device}\n"
         f"bound = batch x bandwidth / bytes read per step; bandwidth {bandwidth / 1e9:.1f} GB/s (sum over 1 GiB, "
         f"measured in each worker); bytes = weights but the embedding table, + fp32 LoRA factors when unmerged, "
-        f"+ KV cache at the mean context. Greedy ids of row 0 (first mode and batch) agree for "
+        f"+ KV cache at the mean context. matvec bound: the same with the {matvec / 1e9:.1f} GB/s at which one "
+        f"{args.dtype} (1, {spec['hidden']}) x ({spec['vocab']}, {spec['hidden']}) product reads its weight here. "
+        f"Greedy ids of row 0 (first mode and batch) agree for "
         f"the first {agree} of {len(first[0])} tokens\n{harness.machine_line()}\n\n"
     )
     headers = [
@@ -166,6 +172,8 @@ def table(args, spec: dict, sizes: dict, results: dict[str, list[dict]]) -> str:
         "bound tokens/s",
         "philora of bound",
         "hf of bound",
+        "matvec bound tokens/s",
+        "philora of matvec bound",
     ]
     return head + harness.markdown_table(headers, rows)
 
@@ -258,6 +266,8 @@ def worker(args) -> None:
     prompts = torch.tensor(json.loads((directory / "prompts.json").read_text()), dtype=torch.long).to(args.device)
     generate, merge = (load_philora if args.worker == "philora" else load_hf)(args, getattr(torch, args.dtype))
     bandwidth = harness.memory_bandwidth(args.device)
+    spec = harness.SHAPES[args.shape]
+    matvec = harness.matvec_bandwidth(spec["vocab"], spec["hidden"], getattr(torch, args.dtype), args.device)
     tokens_per_s, first_ids = {}, None
     with torch.no_grad():
         for mode in args.mode_list:
@@ -271,7 +281,9 @@ def worker(args) -> None:
                 new = generate(rows, args.new_tokens)  # host lists: the device has finished
                 tokens_per_s[f"{mode}_b{batch}"] = batch * args.new_tokens / (time.perf_counter() - start)
                 first_ids = first_ids or new[0]
-    harness.emit({"tokens_per_s": tokens_per_s, "bandwidth": bandwidth, "first_ids": first_ids})
+    harness.emit(
+        {"tokens_per_s": tokens_per_s, "bandwidth": bandwidth, "matvec_bandwidth": matvec, "first_ids": first_ids}
+    )
 
 
 if __name__ == "__main__":

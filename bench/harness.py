@@ -212,6 +212,24 @@ def memory_bandwidth(device: str = "cpu", mib: int = 1024, repeats: int = 5) -> 
     return buffer.numel() * 4 / statistics.median(times[1:])
 
 
+def matvec_bandwidth(rows: int, cols: int, dtype, device: str = "cpu", repeats: int = 10) -> float:
+    """Bytes/s at which a (1, cols) @ (rows, cols)^T product in ``dtype`` reads its weight (median): what a
+    decoding step's matmuls can reach here, below the plain read of ``memory_bandwidth``."""
+    import torch
+    import torch.nn.functional as F
+
+    weight = torch.randn(rows, cols, device=device).to(dtype)
+    row = torch.randn(1, cols, device=device).to(dtype)
+    times = []
+    for _ in range(repeats + 2):
+        sync(device)
+        start = time.perf_counter()
+        F.linear(row, weight)
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return weight.numel() * weight.element_size() / statistics.median(times[2:])
+
+
 def sync(device: str) -> None:
     """Wait for queued CUDA work (no-op on CPU)."""
     if device.startswith("cuda"):
