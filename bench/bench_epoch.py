@@ -23,6 +23,10 @@ AdamW at train.py's default lr, cosine schedule with 3% warmup, gradient clippin
   on prompt and pad tokens, ``model(input_ids, attention_mask, labels).loss``, ``AdamW(fused=True)`` (the
   Trainer's default on torch >= 2.8), ``get_cosine_schedule_with_warmup``.
 
+- philora, matched steps: the same with ``--batch-size`` set so that a step's packed rows hold about as many
+  examples as hf's batch (train.py's default packs about five times as many into a step, so it takes a fifth of
+  the optimizer steps and ends an epoch at a higher loss): the row to compare losses with.
+
 Columns: wall time of the epoch (building the batches included, loading not), real (non-pad) tokens per
 second, optimizer steps, the share of pad positions, the mean training loss over the last quarter of the
 steps, the validation loss after the epoch (each side's own evaluation on the same examples) and the
@@ -48,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, f
 
 import harness  # noqa: E402  (bench/ is the script's own folder)
 
-SIDES = {"philora": "philora", "hf": "transformers + peft"}
+SIDES = {"philora": "philora", "philora-matched": "philora, matched steps", "hf": "transformers + peft"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -64,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="runs per side, alternating; the table shows medians")
     p.add_argument("--keep", type=Path, help="keep the checkpoint under this folder and reuse it (harness.checkpoint)")
     p.add_argument("--worker", choices=sorted(SIDES), help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)  # philora-matched's packed rows per step
     p.add_argument("--dir", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -90,7 +95,11 @@ def prepare_work(args, checkpoint: Path, directory: Path) -> dict:
     if largest >= spec["vocab"]:
         sys.exit(f"--tokenizer {args.tokenizer} gives id {largest}, outside the {args.shape} vocab ({spec['vocab']})")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    mean_length = sum(len(e.input_ids) for e in train) / len(train)
     work = {
+        # Packed rows per step that hold about as many examples as hf's batch of cfg.batch_size rows, so
+        # both sides take about as many optimizer steps and their losses can be compared.
+        "matched_batch_size": max(1, round(cfg.batch_size * mean_length / cfg.max_seq_len)),
         "model": str(checkpoint),
         "family": spec["family"],
         "config": dataclasses.asdict(cfg),
@@ -112,7 +121,7 @@ def table(args, work: dict, results: dict[str, list[dict]]) -> str:
     for side, m in med.items():
         rows.append(
             [
-                SIDES[side],
+                SIDES[side] + (f" (--batch-size {work['matched_batch_size']})" if side == "philora-matched" else ""),
                 f"{m['epoch_s']:.1f}",
                 f"{m['tokens_per_s']:,.0f}",
                 f"{m['steps']:.0f}",
@@ -122,19 +131,21 @@ def table(args, work: dict, results: dict[str, list[dict]]) -> str:
                 f"{m['peak_mib']:,.0f}",
             ]
         )
-    ours, theirs = med["philora"], med["hf"]
-    rows.append(
-        [
-            "**philora / hf**",
-            f"**{theirs['epoch_s'] / ours['epoch_s']:.2f}x faster**",
-            f"**{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x**",
-            f"{ours['steps'] / theirs['steps']:.2f}x",
-            "",
-            "",
-            "",
-            f"**{ours['peak_mib'] / theirs['peak_mib']:.2f}x**",
-        ]
-    )
+    theirs = med["hf"]
+    for side in ("philora", "philora-matched"):
+        ours = med[side]
+        rows.append(
+            [
+                f"**{SIDES[side]} / hf**",
+                f"**{theirs['epoch_s'] / ours['epoch_s']:.2f}x faster**",
+                f"**{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x**",
+                f"{ours['steps'] / theirs['steps']:.2f}x",
+                "",
+                f"{ours['final_loss'] - theirs['final_loss']:+.4f}",
+                f"{ours['val_loss'] - theirs['val_loss']:+.4f}",
+                f"**{ours['peak_mib'] / theirs['peak_mib']:.2f}x**",
+            ]
+        )
     spec = harness.SHAPES[args.shape]
     head = (
         f"{args.shape} width ({spec['hidden']}), {args.layers} layers, vocab {spec['vocab']}, bf16 base, bf16 "
@@ -152,11 +163,14 @@ def table(args, work: dict, results: dict[str, list[dict]]) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.worker:
-        return (run_philora if args.worker == "philora" else run_hf)(Path(args.dir))
+        if args.worker == "hf":
+            return run_hf(Path(args.dir))
+        return run_philora(Path(args.dir), args.batch_size)
     with harness.checkpoint(args.shape, args.layers, keep=args.keep) as checkpoint:
         with tempfile.TemporaryDirectory(prefix="bench_epoch_") as tmp:
             work = prepare_work(args, checkpoint, Path(tmp))
             sides = {side: harness.worker_argv(__file__, side, dir=tmp) for side in SIDES}
+            sides["philora-matched"] += ["--batch-size", str(work["matched_batch_size"])]
             results = harness.alternate(sides, args.rounds)
         print(table(args, work, results))
 
@@ -190,8 +204,8 @@ def report(seconds: float, losses: list[float], real: int, padded: int, val_loss
     )
 
 
-def run_philora(directory: Path) -> None:
-    """One epoch the way train.py runs it by default."""
+def run_philora(directory: Path, batch_size: int | None = None) -> None:
+    """One epoch the way train.py runs it by default (``batch_size``: its --batch-size instead)."""
     import torch
 
     import phi_models
@@ -207,6 +221,8 @@ def run_philora(directory: Path) -> None:
 
     work = load_work(directory)
     cfg = TrainConfig(**work["config"])
+    if batch_size is not None:
+        cfg = dataclasses.replace(cfg, batch_size=batch_size)
     train = [Example(ids, targets) for ids, targets in work["train"]]
     val = [Example(ids, targets) for ids, targets in work["val"]]
     device = torch.device("cpu")
