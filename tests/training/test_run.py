@@ -167,6 +167,17 @@ def test_quantized_and_bf16_runs_train(tmp_path, extra):
     assert (out / "adapter.safetensors").is_file()
 
 
+def test_compile_flag_compiles_the_model_layers(tmp_path, monkeypatch):
+    # The compiled numerics are checked against eager in tests/phi_models/test_phi_model.py; a real
+    # inductor build costs over a minute here, so this checks only that --compile reaches the model.
+    calls = []
+    monkeypatch.setattr(phi_models.PhiForCausalLM, "compile_layers", lambda self, **options: calls.append(self))
+    out = tmp_path / "run"
+    assert _run(out, "--max-steps", "1", "--eval-every", "0", "--save-every", "0", "--compile") == 0
+    assert len(calls) == 1 and isinstance(calls[0], phi_models.PhiForCausalLM)
+    assert (out / "adapter.safetensors").is_file()
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "extra",
