@@ -33,10 +33,25 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
         need_grad = ctx.needs_input_grad[0]
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden) if need_grad else None
+        # Two (chunk, V) buffers reused by every chunk: a fresh tensor that large costs more in page faults
+        # than the pass that fills it. ``low`` holds the matmul's output and the gradient's input in the
+        # weight's dtype when that is not fp32; the softmax always runs in fp32 ``logits``.
+        rows = min(chunk, hidden.shape[0])
+        logits_buffer = hidden.new_empty((rows, weight.shape[0]), dtype=torch.float32)
+        low_buffer = None if weight.dtype == torch.float32 else hidden.new_empty((rows, weight.shape[0]))
+        bias = bias.float() if bias is not None else None  # added in fp32, after the matmul
         for start in range(0, hidden.shape[0], chunk):
             stop = start + chunk
             target = targets[start:stop]
-            logits = F.linear(hidden[start:stop], weight, bias).float()  # (n, V)
+            n = target.shape[0]
+            logits = logits_buffer[:n]  # (n, V)
+            if low_buffer is None:
+                torch.mm(hidden[start:stop], weight.t(), out=logits)
+            else:
+                torch.mm(hidden[start:stop], weight.t(), out=low_buffer[:n])
+                logits.copy_(low_buffer[:n])
+            if bias is not None:
+                logits.add_(bias)
             target_logit = logits.gather(1, target[:, None]).squeeze(1)
             row_max = logits.amax(dim=-1, keepdim=True)
             # One pass of exp in place: the logits become unnormalized probabilities.
@@ -45,8 +60,10 @@ class _FrozenHeadCrossEntropy(torch.autograd.Function):
             total += (row_max.squeeze(1) + row_sum.squeeze(1).log() - target_logit).sum()
             if need_grad:
                 probs.div_(row_sum)  # softmax
-                probs[torch.arange(target.shape[0], device=target.device), target] -= 1.0
-                grad_hidden[start:stop] = probs.to(weight.dtype) @ weight
+                probs[torch.arange(n, device=target.device), target] -= 1.0
+                if low_buffer is not None:
+                    probs = low_buffer[:n].copy_(probs)
+                torch.mm(probs, weight, out=grad_hidden[start:stop])
         ctx.save_for_backward(grad_hidden)
         return total
 
